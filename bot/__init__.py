@@ -1,0 +1,1 @@
+"""rollback-bot core: runbook, incidents, engine, store, views and the CLI."""

@@ -1,0 +1,1 @@
+"""Slack listeners: each acks at once and calls one function of ``bot``."""
