@@ -1,0 +1,524 @@
+"""The runbook as data: runbook -> phases -> steps, validated by pydantic.
+
+A runbook is YAML. ``load_runbook`` reports every problem with file, line and reason,
+for example ``runbook.yml:42: step 'backup': unknown field 'timout'``, including
+references to captures or choices that no earlier step provides.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.templating import ROOTS, Ref, value_refs
+
+OnFailure = Literal["stop", "continue", "ask"]
+_ID = r"^[a-z][a-z0-9_]*$"
+
+#: Target settings a runbook may reference as ``{{ target.NAME }}``.
+TARGET_FIELDS = frozenset(
+    {
+        "name", "workdir", "app_name", "db_path", "databases_dir", "env_file", "health_url",
+        "export_url", "import_url", "pm_start", "pm_stop", "pm_restart", "pm_status",
+        "python", "backup_pattern", "maintenance_message", "app_rollback_command",
+        "previous_version", "smoke_test_command", "export_user",
+    }
+)
+
+#: SQLite operations that change the target's files.
+SQLITE_WRITE_OPS = frozenset(
+    {"backup", "restore", "restrict_access", "restore_access", "selective_restore",
+     "transaction_rollback", "governance_insert"}
+)
+SQLITE_OPS = SQLITE_WRITE_OPS | {
+    "integrity_check", "quick_check", "foreign_key_check", "record_counts", "query",
+    "content_hash", "verify", "list_backups", "diff",
+}
+
+
+class RunbookError(ValueError):
+    """A runbook failed to load; ``problems`` holds one ``file:line: reason`` per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(==|!=|not in|in)\s*(.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``<ref> == | != | in | not in <literal>`` on earlier choices, captures or settings."""
+
+    ref: str
+    op: str
+    literal: Any
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        """Parse a condition; raises ValueError naming what is wrong."""
+        m = _COND.match(text)
+        if not m:
+            raise ValueError(f"condition {text!r} is not '<ref> ==|!=|in|not in <value>'")
+        ref, op, lit = m.groups()
+        try:
+            literal = ast.literal_eval(lit)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"condition {text!r}: {lit!r} is not a literal") from exc
+        if op in ("in", "not in") and not isinstance(literal, list | tuple | set):
+            raise ValueError(f"condition {text!r}: 'in' needs a list")
+        return cls(ref, op, literal)
+
+    def holds(self, value: Any) -> bool:
+        """Evaluate against the referenced value."""
+        if self.op == "==":
+            return bool(value == self.literal)
+        if self.op == "!=":
+            return bool(value != self.literal)
+        if self.op == "in":
+            return value in self.literal
+        return value not in self.literal
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CaptureFrom(_Model):
+    """Take a value from the step's output with a regular expression (first group)."""
+
+    regex: str
+    source: Literal["stdout", "stderr"] = Field("stdout", alias="from")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        re.compile(v)
+        return v
+
+
+Capture = str | CaptureFrom
+
+
+class Option(_Model):
+    """One option of a choice step."""
+
+    value: str
+    label: str
+    description: str = ""
+
+
+class StepBase(_Model):
+    """Fields every step has."""
+
+    id: Annotated[str, Field(pattern=_ID, max_length=64)]
+    title: str
+    target: str | None = None
+    timeout: float = Field(60, gt=0, le=24 * 3600)
+    idempotent: bool | None = None
+    on_failure: OnFailure = "ask"
+    captures: dict[str, Capture] = Field(default_factory=dict)
+    when: str | None = None
+    destructive: bool = False
+    guidance: str = ""
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str | None) -> str | None:
+        if v is not None:
+            Condition.parse(v)
+        return v
+
+    @property
+    def condition(self) -> Condition | None:
+        """The parsed ``when`` condition, if any."""
+        return Condition.parse(self.when) if self.when else None
+
+    @property
+    def has_side_effect(self) -> bool:
+        """True when the step changes something on the target."""
+        return False
+
+    @property
+    def needs_person(self) -> bool:
+        """True when the step waits for a person's answer."""
+        return False
+
+    @property
+    def is_idempotent(self) -> bool:
+        """Safe to run again after a crash that left its outcome unknown."""
+        return (not self.has_side_effect) or bool(self.idempotent)
+
+    def template_refs(self) -> Iterator[Ref]:
+        """Every template reference in this step's fields."""
+        return iter(())
+
+    @model_validator(mode="after")
+    def _idempotent_required(self) -> StepBase:
+        if self.has_side_effect and self.idempotent is None:
+            raise ValueError(
+                "field 'idempotent' is required for a step with a side effect on the target"
+            )
+        return self
+
+
+class CommandStep(StepBase):
+    """A remote command over SSH; every substituted value is shell-quoted."""
+
+    kind: Literal["command"]
+    run: str
+    expect_exit: list[int] = Field(default_factory=lambda: [0])
+
+    @property
+    def has_side_effect(self) -> bool:
+        return True
+
+    def template_refs(self) -> Iterator[Ref]:
+        return value_refs(self.run)
+
+
+class HttpStep(StepBase):
+    """An HTTP request with httpx; the body is kept as an artifact with its sha256."""
+
+    kind: Literal["http"]
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_body: Any = Field(None, alias="json")
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+
+    @property
+    def has_side_effect(self) -> bool:
+        return self.method not in ("GET", "HEAD")
+
+    def template_refs(self) -> Iterator[Ref]:
+        yield from value_refs(self.url)
+        yield from value_refs(self.headers)
+        yield from value_refs(self.json_body)
+
+
+class SqliteStep(StepBase):
+    """A typed SQLite operation run on the target; values are bound, never pasted."""
+
+    kind: Literal["sqlite"]
+    op: str
+    db: str = "{{ target.db_path }}"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, v: str) -> str:
+        if v not in SQLITE_OPS:
+            raise ValueError(f"unknown sqlite op {v!r} (one of {', '.join(sorted(SQLITE_OPS))})")
+        return v
+
+    @property
+    def has_side_effect(self) -> bool:
+        return self.op in SQLITE_WRITE_OPS or bool(self.params.get("write"))
+
+    def template_refs(self) -> Iterator[Ref]:
+        yield from value_refs(self.db)
+        yield from value_refs(self.params)
+
+
+class OptionsFrom(_Model):
+    """Options listed from the target when the choice is reached."""
+
+    op: Literal["list_backups", "query"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    value: str = "path"
+    label: str = "name"
+
+
+class ChoiceStep(StepBase):
+    """Waits for a person's pick among options, static or listed from the target."""
+
+    kind: Literal["choice"]
+    prompt: str
+    options: list[Option] = Field(default_factory=list)
+    options_from: OptionsFrom | None = None
+    default: str | None = None
+
+    @property
+    def needs_person(self) -> bool:
+        return True
+
+    def template_refs(self) -> Iterator[Ref]:
+        if self.options_from:
+            yield from value_refs(self.options_from.params)
+
+    @model_validator(mode="after")
+    def _has_options(self) -> ChoiceStep:
+        if not self.options and self.options_from is None:
+            raise ValueError("a choice needs 'options' or 'options_from'")
+        return self
+
+
+class ManualStep(StepBase):
+    """A checklist item a person confirms; non-blocking items do not hold the run."""
+
+    kind: Literal["manual"]
+    blocking: bool = True
+    checklist: list[str] = Field(default_factory=list)
+
+    @property
+    def needs_person(self) -> bool:
+        return self.blocking
+
+
+class ApprovalStep(StepBase):
+    """A gate that waits until the approval policy is met (or someone rejects)."""
+
+    kind: Literal["approval"]
+    policy: str = "default"
+
+    @property
+    def needs_person(self) -> bool:
+        return True
+
+
+class WaitStep(StepBase):
+    """Waits a number of seconds (scaled by the time-compression setting)."""
+
+    kind: Literal["wait"]
+    seconds: float = Field(gt=0, le=24 * 3600)
+
+
+Step = Annotated[
+    CommandStep | HttpStep | SqliteStep | ChoiceStep | ManualStep | ApprovalStep | WaitStep,
+    Field(discriminator="kind"),
+]
+
+
+class Phase(_Model):
+    """A phase of the plan: an ordered list of steps."""
+
+    id: Annotated[str, Field(pattern=_ID, max_length=64)]
+    title: str
+    timeline: str = ""
+    steps: list[Step] = Field(min_length=1)
+
+
+class Runbook(_Model):
+    """A whole runbook."""
+
+    name: str
+    version: str = "1"
+    description: str = ""
+    phases: list[Phase] = Field(min_length=1)
+
+    def steps(self) -> Iterator[tuple[Phase, StepBase]]:
+        """Every (phase, step) in order."""
+        for phase in self.phases:
+            for step in phase.steps:
+                yield phase, step
+
+    def step(self, step_id: str) -> StepBase:
+        """The step with this id; KeyError if none."""
+        for _, step in self.steps():
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def phase_of(self, step_id: str) -> Phase:
+        """The phase that holds this step."""
+        for phase, step in self.steps():
+            if step.id == step_id:
+                return phase
+        raise KeyError(step_id)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """Walk the composed YAML tree along a pydantic error location."""
+    for part in loc:
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for k, v in node.value:
+                if k.value == part:
+                    found = v
+                    break
+            if found is None:
+                # The discriminator tag (e.g. 'command') appears in the loc; skip it.
+                kinds = [v.value for k, v in node.value if k.value == "kind"]
+                if kinds and part == kinds[0]:
+                    continue
+                # An unknown key: point at the key itself.
+                for k, _ in node.value:
+                    if k.value == part:
+                        return k
+                return node
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else node
+        else:
+            return node
+    return node
+
+
+def _key_node(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """For 'unknown field' errors, the line of the key itself."""
+    parent = _node_at(node, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if k.value == loc[-1]:
+                return k
+    return _node_at(node, loc)
+
+
+def _step_label(data: Any, loc: tuple[Any, ...]) -> str:
+    """'step 'backup'' or 'phase 'x'' for the start of a message."""
+    try:
+        if len(loc) >= 4 and loc[0] == "phases" and loc[2] == "steps":
+            return f"step {data['phases'][loc[1]]['steps'][loc[3]]['id']!r}: "
+        if len(loc) >= 2 and loc[0] == "phases":
+            return f"phase {data['phases'][loc[1]]['id']!r}: "
+    except (KeyError, IndexError, TypeError):
+        pass
+    return ""
+
+
+def _describe(err: Any, skip: int) -> str:
+    loc = [p for p in err["loc"][skip:] if not (isinstance(p, str) and p in _KINDS)]
+    field = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown kind {ctx.get('tag')!r} (one of {ctx.get('expected_tags')})"
+    if err["type"] == "missing":
+        return f"missing field {field!r}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
+_KINDS = {"command", "http", "sqlite", "choice", "manual", "approval", "wait"}
+
+
+def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
+    """References must name target settings, or captures/choices of earlier steps."""
+    problems: list[tuple[int, str]] = []
+    captures: dict[str, set[str]] = {}
+    choices: set[str] = set()
+    seen: set[str] = set()
+    for _, step in rb.steps():
+        line = where.get(step.id, 0)
+        if step.id in seen:
+            problems.append((line, f"step {step.id!r}: duplicate step id"))
+        seen.add(step.id)
+        refs_here = list(step.template_refs())
+        cond = step.condition
+        if cond:
+            refs_here.append(Ref(cond.ref, False))
+        for ref in refs_here:
+            parts = ref.parts
+            root = parts[0]
+            bad = None
+            if root not in ROOTS:
+                bad = f"unknown root {root!r} (one of {', '.join(ROOTS)})"
+            elif ref.raw and root != "target":
+                bad = "'| raw' is only allowed on target settings"
+            elif root == "target" and (len(parts) != 2 or parts[1] not in TARGET_FIELDS):
+                bad = "not a target setting"
+            elif root == "captures":
+                if len(parts) < 3 or parts[1] not in captures:
+                    bad = "no earlier step captures it"
+                elif parts[2] not in captures[parts[1]]:
+                    bad = f"step {parts[1]!r} captures no {parts[2]!r}"
+            elif root == "choices" and (len(parts) != 2 or parts[1] not in choices):
+                bad = "no earlier choice step has this id"
+            if bad:
+                problems.append((line, f"step {step.id!r}: bad reference {ref.path!r}: {bad}"))
+        captures[step.id] = set(step.captures)
+        if isinstance(step, ChoiceStep):
+            choices.add(step.id)
+    return problems
+
+
+def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
+    """Parse and validate runbook YAML; raises ``RunbookError`` with file:line reasons."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise RunbookError([f"{filename}:{line}: not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise RunbookError([f"{filename}:1: a runbook is a mapping with 'name' and 'phases'"])
+    try:
+        rb = Runbook.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
+            line = node.start_mark.line + 1 if node is not None else 0
+            label = _step_label(data, loc)
+            skip = 4 if label.startswith("step") else 2 if label.startswith("phase") else 0
+            problems.append(f"{filename}:{line}: {label}{_describe(err, skip)}")
+        raise RunbookError(problems) from None
+    where = {}
+    for pi, phase in enumerate(rb.phases):
+        for si, step in enumerate(phase.steps):
+            node = _node_at(root, ("phases", pi, "steps", si))
+            where[step.id] = node.start_mark.line + 1 if node is not None else 0
+    problems2 = _check_refs(rb, where)
+    if problems2:
+        raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
+    return rb
+
+
+def load_runbook(path: str | Path) -> Runbook:
+    """Load a runbook file; raises ``RunbookError``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RunbookError([f"{p}:0: cannot read: {exc.strerror}"]) from exc
+    return parse_runbook(text, p.name)
+
+
+DEFAULT_RUNBOOK = "default.yml"
+
+
+def default_runbook_text() -> str:
+    """The YAML of the plan's seven phases shipped in the package."""
+    return resources.files("bot.runbooks").joinpath(DEFAULT_RUNBOOK).read_text(encoding="utf-8")
+
+
+def default_runbook() -> Runbook:
+    """The plan's default runbook, validated."""
+    return parse_runbook(default_runbook_text(), DEFAULT_RUNBOOK)
+
+
+def tree(rb: Runbook) -> str:
+    """A printable phase/step tree."""
+    lines = [f"{rb.name} (version {rb.version})"]
+    for phase in rb.phases:
+        lines.append(f"  {phase.title} [{phase.id}]" + (f"  ({phase.timeline})" if phase.timeline else ""))
+        for step in phase.steps:
+            flags = []
+            if step.has_side_effect:
+                flags.append("idempotent" if step.idempotent else "NOT idempotent")
+            if step.destructive:
+                flags.append("destructive")
+            if step.when:
+                flags.append(f"when {step.when}")
+            extra = f"  [{', '.join(flags)}]" if flags else ""
+            kind = getattr(step, "kind", "?")
+            lines.append(f"    - {step.id}: {kind} — {step.title}{extra}")
+    return "\n".join(lines)
