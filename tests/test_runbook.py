@@ -123,7 +123,9 @@ def test_unknown_kind_and_sqlite_op() -> None:
           op: drop_everything
         """))
     assert any(p.startswith("runbook.yml:6: step 'a': unknown kind 'teleport'") for p in problems)
-    assert any(p.startswith("runbook.yml:12: step 'b'") and "unknown sqlite op 'drop_everything'" in p for p in problems)
+    assert any(
+        p.startswith("runbook.yml:12: step 'b'") and "unknown sqlite op 'drop_everything'" in p for p in problems
+    )
 
 
 def test_not_yaml() -> None:

@@ -1,0 +1,89 @@
+"""``LocalTransport``: the transport seam on this machine, for drills and tests without sshd.
+
+Same protocol as over SSH: a pool of persistent ``bash --norc --noprofile -s`` shells, each
+command in its own subshell under a ``timeout -k``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+from actions.shellsession import SHELL_ARGV, SHELL_START_TIMEOUT, SessionPool, ShellSession
+from actions.transport import OutputSink, ShellResult
+
+
+class LocalTransport:
+    """Runs commands with bash on this machine; ``root`` is the shells' working directory."""
+
+    def __init__(self, name: str = "local", root: str | None = None, max_sessions: int = 8) -> None:
+        self.name = name
+        self.root = Path(root) if root is not None else None
+        self._pool = SessionPool(self._open_session, max_sessions)
+
+    @property
+    def pool(self) -> SessionPool:
+        """The session pool (its ``peak_in_use`` shows how many shells ran at once)."""
+        return self._pool
+
+    async def _open_session(self) -> ShellSession:
+        proc = await asyncio.create_subprocess_exec(
+            *SHELL_ARGV,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.root,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        async def close() -> None:
+            # Like closing an SSH channel: the shell goes; a running command is left to
+            # its own `timeout`, which always bounds it.
+            stdin.close()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+
+        session = ShellSession(
+            name=self.name,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=proc.stderr,
+            close=close,
+            is_alive=lambda: proc.returncode is None and not stdout.at_eof(),
+        )
+        await session.start(SHELL_START_TIMEOUT)
+        return session
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        stdin: str | None = None,
+        on_output: OutputSink | None = None,
+    ) -> ShellResult:
+        """Run ``command`` with bash here; killed after ``timeout`` s (see ``Transport.run``)."""
+        return await self._pool.run(command, timeout=timeout, cwd=cwd, stdin=stdin, on_output=on_output)
+
+    async def get_file(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` (relative paths are under ``root``) to ``local``."""
+        source = Path(remote)
+        if self.root is not None and not source.is_absolute():
+            source = self.root / source
+        partial = local.with_name(local.name + ".part")
+        try:
+            await asyncio.to_thread(shutil.copyfile, source, partial)
+            partial.replace(local)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        """Close every idle shell; busy ones close when their command ends."""
+        await self._pool.close()

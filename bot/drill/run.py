@@ -1,0 +1,172 @@
+"""``rollback-bot drill``: the whole runbook against a throwaway local production.
+
+Builds a sandbox (a real SQLite database in WAL mode with the plan's tables, a
+pre-deployment backup, a bad deployment to undo, a small app under a process manager),
+runs the default runbook with simulated approvers and choices and compressed waits,
+shows the checklist in the terminal, and ends with a verdict it checks itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.drill.sandbox import Sandbox, build_sandbox
+from bot.drill.verdict import Verdict, check_verdict
+from bot.engine import Engine, Target, Waiting
+from bot.lifecycle import FINAL, Status
+from bot.runbook import Runbook, default_runbook
+from bot.store import Store
+from bot.targets import TargetSettings, open_transport
+from bot.terminal import TerminalView
+from bot.viewmodel import load
+
+#: Simulated people: one primary and one secondary approver, as the plan requires.
+DRILL_REQUESTER = "U0DRILLREQ"
+DRILL_APPROVERS = (("U0TECHLEAD", ["tech_lead"]), ("U0PRODOWNER", ["product_owner"]))
+
+
+@dataclass
+class DrillResult:
+    """What a drill did and found."""
+
+    incident_id: str
+    status: Status
+    strategy: str
+    verdict: Verdict
+    recovery_seconds: float
+    root: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
+    """The simulated person's answer to what the incident waits for."""
+    values = [o["value"] for o in w.options]
+    if w.kind == "choice" and w.step_id == "strategy":
+        return strategy
+    if w.kind == "choice" and w.step_id == "restore_backup":
+        wanted = str(sandbox.backup_path)
+        for v in values:
+            if v == wanted or Path(v).name == Path(wanted).name:
+                return v
+        raise DrillError(f"the pre-deployment backup {wanted} was not offered: {values}")
+    if w.kind == "choice":
+        return values[0]
+    if w.kind == "manual":
+        return "done"
+    raise DrillError(f"step {w.step_id} {w.kind}: {w.error or w.prompt}")
+
+
+class DrillError(RuntimeError):
+    """The drill could not go on (a step failed or an expected option was missing)."""
+
+
+async def run_drill(
+    *,
+    strategy: str = "C",
+    use_ssh: bool = False,
+    keep: bool = False,
+    time_scale: float = 0.01,
+    runbook: Runbook | None = None,
+    out: TextIO | None = None,
+    root: Path | None = None,
+) -> DrillResult:
+    """Build the sandbox, run the runbook against it, check the outcome."""
+    out = out or sys.stdout
+    root = root or Path(tempfile.mkdtemp(prefix="rollback-drill-"))
+    runbook = runbook or default_runbook()
+    view = TerminalView(out)
+    sandbox = await asyncio.to_thread(build_sandbox, root / "target")
+    stack = contextlib.ExitStack()
+    store: Store | None = None
+    transport = None
+    try:
+        base = sandbox.settings()
+        if use_ssh:
+            from bot.drill.sshd import start_sshd
+
+            sshd = await asyncio.to_thread(stack.enter_context, start_sshd(root / "sshd"))
+            settings = TargetSettings.model_validate({
+                "name": "sandbox", "transport": "ssh", "host": sshd.host, "port": sshd.port,
+                "user": sshd.username, "key_file": sshd.client_key_path,
+                "known_hosts": sshd.known_hosts_path, **base,
+            })
+        else:
+            settings = TargetSettings.model_validate({"name": "sandbox", "transport": "local", **base})
+        transport = open_transport(settings)
+        store = await Store.open(str(root / "state.db"))
+
+        async def show(incident_id: str) -> None:
+            assert store is not None
+            view.show(await load(store, runbook, incident_id))
+
+        engine = Engine(store, runbook, {"sandbox": Target(settings, transport)},
+                        artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show)
+        inc = await store.create_incident(
+            target="sandbox", runbook=runbook.name, severity="P1", decision="IMMEDIATE",
+            inputs={"triggers": ["data_corruption"], "impact": "High", "business_risk": "Critical",
+                    "description": "Drill: undo the Phase 3 deployment"},
+            requester=DRILL_REQUESTER, reason=f"Drill of strategy {strategy}",
+        )
+        started = time.monotonic()
+        notes: list[str] = []
+        while True:
+            inc = await engine.run(inc.id)
+            if inc.status in FINAL:
+                break
+            w = await engine.waiting_for(inc.id)
+            if w is None:
+                raise DrillError(f"incident {inc.id} is {inc.status.value} but waits for nothing")
+            if w.kind == "approval":
+                for user, roles in DRILL_APPROVERS:
+                    await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
+                continue
+            answer = _pick(w, strategy, sandbox)
+            await engine.answer(inc.id, w.step_id, answer, user="U0DRILLIC")
+        recovery = time.monotonic() - started
+        verdict = await check_verdict(store=store, incident=inc, transport=transport,
+                                      settings=settings, sandbox=sandbox, strategy=strategy)
+        return DrillResult(inc.id, inc.status, strategy, verdict, recovery, root, notes)
+    finally:
+        if transport is not None:
+            await transport.close()
+        if store is not None:
+            await store.close()
+        await asyncio.to_thread(sandbox.stop)
+        await asyncio.to_thread(stack.close)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
+    """The closing lines of a drill: verdict, recovery time, data loss."""
+    v = result.verdict
+    out.write("\nVerdict\n")
+    for check in v.checks:
+        out.write(f"  {'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}\n")
+    out.write(f"\nIncident {result.incident_id}: {result.status.value}, strategy {result.strategy}\n")
+    out.write(f"Recovery time: {result.recovery_seconds:.2f} s (start of run to service restored)\n")
+    out.write(f"Data loss: {v.data_loss_records} records ({v.data_loss_detail})\n")
+    if kept:
+        out.write(f"Sandbox kept at {result.root}\n")
+    out.write(f"DRILL {'PASSED' if v.passed and result.status is Status.COMPLETED else 'FAILED'}\n")
+
+
+def drill_main(args: Any) -> int:
+    """Entry point of ``rollback-bot drill``; exit 0 only on a passing verdict."""
+    out = sys.stdout
+    try:
+        result = asyncio.run(run_drill(strategy=args.strategy, use_ssh=args.ssh, keep=args.keep,
+                                       time_scale=args.time_scale))
+    except DrillError as exc:
+        out.write(f"\nDRILL FAILED: {exc}\n")
+        return 1
+    print_result(result, out, kept=args.keep)
+    return 0 if result.verdict.passed and result.status is Status.COMPLETED else 1

@@ -1,0 +1,522 @@
+"""The engine: runs a runbook's steps for an incident, journaled and resumable.
+
+``Engine.run`` runs steps in order until the incident ends or a step waits for a
+person; the state lives in the store, so ``run`` is the same call after a restart.
+A person's answer goes in through ``answer`` (choices, manual items, retry / skip /
+abort after a failure, re-run / mark done after a crash) or ``approve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from actions.sqlite import sqlite_op
+
+from actions.errors import ActionError, CommandFailed, CommandTimeout, HttpCheckFailed
+from actions.http import http_request
+from actions.transport import Transport
+from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
+from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.runbook import (
+    ApprovalStep,
+    CaptureFrom,
+    ChoiceStep,
+    CommandStep,
+    HttpStep,
+    ManualStep,
+    Phase,
+    Runbook,
+    SqliteStep,
+    StepBase,
+    WaitStep,
+)
+from bot.store import Incident, StepRun, Store
+from bot.targets import TargetSettings
+from bot.templating import TemplateError, lookup, render_shell, render_text, render_value
+
+log = logging.getLogger(__name__)
+
+TAIL_CHARS = 2000
+
+#: Answers a person may give, by what the step waits for.
+ANSWERS = {
+    "failure": ("retry", "skip", "abort"),
+    "resume": ("rerun", "mark_done", "abort"),
+    "manual": ("done",),
+}
+
+
+class EngineError(Exception):
+    """Base of the engine's own errors."""
+
+
+class AnswerRefused(EngineError):
+    """An answer that does not fit what the step waits for; nothing changed."""
+
+
+@dataclass
+class Target:
+    """A target's settings and its open transport."""
+
+    settings: TargetSettings
+    transport: Transport
+
+
+@dataclass
+class Waiting:
+    """What an incident waits for."""
+
+    step_id: str
+    phase_id: str
+    kind: str  # choice | manual | approval | failure | resume
+    prompt: str
+    options: list[dict[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+OnChange = Callable[[str], Awaitable[None]]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+
+
+class Engine:
+    """Runs incidents of one runbook against a set of targets."""
+
+    def __init__(
+        self,
+        store: Store,
+        runbook: Runbook,
+        targets: Mapping[str, Target],
+        *,
+        artifacts_dir: Path,
+        time_scale: float = 1.0,
+        policies: Mapping[str, ApprovalPolicy] | None = None,
+        on_change: OnChange | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.store = store
+        self.runbook = runbook
+        self.targets = targets
+        self.artifacts_dir = artifacts_dir
+        self.time_scale = time_scale
+        self.policies = dict(policies or {"default": DEFAULT_POLICY})
+        self.on_change = on_change
+        self._http = http
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ public API
+
+    async def run(self, incident_id: str) -> Incident:
+        """Run steps until the incident ends or waits for a person; returns its state."""
+        lock = self._locks.setdefault(incident_id, asyncio.Lock())
+        async with lock:
+            inc = await self._run(incident_id)
+        await self._changed(incident_id)
+        return inc
+
+    async def waiting_for(self, incident_id: str) -> Waiting | None:
+        """What the incident waits for, if anything."""
+        inc = await self.store.incident(incident_id)
+        if inc.status is not Status.WAITING:
+            return None
+        latest = await self.store.latest_runs(incident_id)
+        for phase, step in self.runbook.steps():
+            run = latest.get(step.id)
+            if run and run.waiting and run.answer is None and run.status in (
+                StepStatus.WAITING, StepStatus.FAILED, StepStatus.INTERRUPTED
+            ):
+                w = run.waiting
+                return Waiting(step.id, phase.id, w["kind"], w.get("prompt", step.title),
+                               list(w.get("options", [])), w.get("error"))
+        return None
+
+    async def answer(self, incident_id: str, step_id: str, value: str, *, user: str) -> None:
+        """Give a person's answer to what a step waits for; ``AnswerRefused`` if it does not fit.
+
+        The first answer wins: a second click on an answered question is refused.
+        """
+        async with self._locks.setdefault(incident_id, asyncio.Lock()):
+            latest = await self.store.latest_runs(incident_id)
+            run = latest.get(step_id)
+            if run is None or not run.waiting:
+                raise AnswerRefused(f"step {step_id!r} is not waiting for an answer")
+            if run.answer is not None:
+                raise AnswerRefused(f"step {step_id!r} was already answered by {run.answer.get('user')}")
+            allowed = [o["value"] for o in run.waiting.get("options", [])]
+            if value not in allowed:
+                await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
+                                     data={"value": value[:200]})
+                raise AnswerRefused(f"{value[:80]!r} was not offered for step {step_id!r}")
+            await self.store.end_step(run.id, run.status, actor=user,
+                                      answer={"value": value, "user": user})
+        await self._changed(incident_id)
+
+    async def approve(
+        self, incident_id: str, *, user_id: str, roles: list[str], decision: str, note: str = ""
+    ) -> tuple[bool, str]:
+        """Record an approve/reject click; returns (counted, explanation)."""
+        if decision not in ("approve", "reject"):
+            raise AnswerRefused(f"decision must be approve or reject, not {decision!r}")
+        async with self._locks.setdefault(incident_id, asyncio.Lock()):
+            inc = await self.store.incident(incident_id)
+            if inc.status in FINAL:
+                raise AnswerRefused(f"incident {incident_id} is {inc.status.value}")
+            policy = self._policy_for(incident_id)
+            earlier = [a for a in await self.store.approvals(incident_id) if a.counted]
+            ok, why = counts(policy, Vote(user_id, frozenset(roles)), requester=inc.requester)
+            if ok and any(a.user_id == user_id for a in earlier):
+                ok, why = False, "you already answered; one person counts once"
+            await self.store.add_approval(incident_id, user_id=user_id, roles=roles,
+                                          decision=decision, counted=ok, note=note if ok else why)
+        await self._changed(incident_id)
+        return ok, why
+
+    async def request_abort(self, incident_id: str, *, user: str, reason: str) -> Incident:
+        """Stop after the running step; an incident waiting for a person stops now."""
+        inc = await self.store.incident(incident_id)
+        if inc.status in FINAL:
+            raise AnswerRefused(f"incident {incident_id} is already {inc.status.value}")
+        await self.store.update_incident(incident_id, abort_reason=reason)
+        await self.store.log(incident_id, "abort_requested", actor=user, data={"reason": reason})
+        lock = self._locks.setdefault(incident_id, asyncio.Lock())
+        if not lock.locked():
+            async with lock:
+                inc = await self.store.incident(incident_id)
+                if inc.status in (Status.OPEN, Status.SCHEDULED, Status.WAITING):
+                    await self.store.apply(incident_id, Event.ABORT, actor=user, data={"reason": reason})
+        await self._changed(incident_id)
+        return await self.store.incident(incident_id)
+
+    async def context(self, incident_id: str) -> dict[str, Any]:
+        """The values templates see: target, incident, inputs, captures, choices."""
+        inc = await self.store.incident(incident_id)
+        latest = await self.store.latest_runs(incident_id)
+        captures: dict[str, Any] = {}
+        choices: dict[str, Any] = {}
+        for step_id, run in latest.items():
+            if run.status is StepStatus.DONE:
+                captures[step_id] = run.captures
+                if "choice" in run.captures:
+                    choices[step_id] = run.captures["choice"]
+        return {
+            "target": self.targets[inc.target].settings.template_values(),
+            "incident": {
+                "id": inc.id, "stamp": inc.stamp, "reason": inc.reason,
+                "requester": inc.requester or "", "severity": inc.severity or "",
+                "decision": inc.decision or "",
+            },
+            "inputs": inc.inputs,
+            "captures": captures,
+            "choices": choices,
+        }
+
+    # ------------------------------------------------------------ the loop
+
+    def _policy_for(self, incident_id: str) -> ApprovalPolicy:
+        for _, step in self.runbook.steps():
+            if isinstance(step, ApprovalStep):
+                return self.policies.get(step.policy, DEFAULT_POLICY)
+        return self.policies.get("default", DEFAULT_POLICY)
+
+    async def _changed(self, incident_id: str) -> None:
+        if self.on_change is not None:
+            try:
+                await self.on_change(incident_id)
+            except Exception:  # a broken view must never stop a rollback
+                log.exception("view update for %s failed", incident_id)
+
+    async def _run(self, incident_id: str) -> Incident:
+        inc = await self.store.incident(incident_id)
+        if inc.status in FINAL:
+            return inc
+        if inc.status in (Status.OPEN, Status.SCHEDULED):
+            inc = await self.store.apply(incident_id, Event.START)
+        for phase, step in self.runbook.steps():
+            inc = await self.store.incident(incident_id)
+            if inc.status in FINAL:
+                return inc
+            outcome = await self._advance(inc, phase, step)
+            await self._changed(incident_id)
+            if outcome == "wait":
+                inc = await self.store.incident(incident_id)
+                if inc.status is Status.RUNNING:
+                    inc = await self.store.apply(incident_id, Event.WAIT, data={"step": step.id})
+                return inc
+            if outcome == "end":
+                return await self.store.incident(incident_id)
+        inc = await self.store.incident(incident_id)
+        if inc.status is Status.WAITING:
+            inc = await self.store.apply(incident_id, Event.RESUME)
+        return await self.store.apply(incident_id, Event.COMPLETE)
+
+    async def _resume(self, inc: Incident) -> Incident:
+        if inc.status is Status.WAITING:
+            return await self.store.apply(inc.id, Event.RESUME)
+        return inc
+
+    async def _abort_if_asked(self, inc: Incident) -> bool:
+        if inc.abort_reason:
+            if inc.status is not Status.ABORTED:
+                await self.store.apply(inc.id, Event.ABORT, data={"reason": inc.abort_reason})
+            return True
+        return False
+
+    async def _advance(self, inc: Incident, phase: Phase, step: StepBase) -> str:
+        """Bring one step to done/skipped; 'next', 'wait' or 'end'."""
+        latest = (await self.store.latest_runs(inc.id)).get(step.id)
+        if latest is not None:
+            st = latest.status
+            if st in (StepStatus.DONE, StepStatus.SKIPPED):
+                return "next"
+            if st is StepStatus.FAILED and latest.waiting is None:
+                return "next"  # on_failure: continue
+            if st is StepStatus.RUNNING:
+                # The bot died while this step ran: its outcome is unknown.
+                if step.is_idempotent and not step.needs_person:
+                    await self.store.end_step(latest.id, StepStatus.INTERRUPTED,
+                                              error="bot restarted while the step ran; re-running")
+                else:
+                    await self.store.end_step(
+                        latest.id, StepStatus.INTERRUPTED,
+                        error="bot restarted while the step ran; it may have run",
+                        waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot restarted",
+                                 "options": _opts(ANSWERS["resume"])},
+                    )
+                    return "wait"
+            elif latest.waiting is not None:
+                if isinstance(step, ApprovalStep):
+                    return await self._approval(inc, phase, step, latest)
+                if latest.answer is None:
+                    return "wait"
+                return await self._apply_answer(inc, phase, step, latest)
+        if await self._abort_if_asked(inc):
+            return "end"
+        await self._resume(inc)
+        ctx = await self.context(inc.id)
+        cond = step.condition
+        if cond is not None:
+            try:
+                value = lookup(ctx, cond.ref)
+            except TemplateError:
+                value = None
+            if not cond.holds(value):
+                run = await self.store.begin_step(inc.id, step.id, phase.id)
+                await self.store.end_step(run.id, StepStatus.SKIPPED, error=f"condition not met: {step.when}")
+                return "next"
+        return await self._execute(inc, phase, step, ctx)
+
+    async def _apply_answer(self, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
+        assert run.answer is not None and run.waiting is not None
+        value, user = run.answer["value"], run.answer.get("user")
+        kind = run.waiting["kind"]
+        await self._resume(inc)
+        if value == "abort":
+            await self.store.apply(inc.id, Event.ABORT, actor=user, data={"step": step.id})
+            return "end"
+        if kind in ("choice", "manual"):
+            captures = {"choice": value, "by": user}
+            label = next((o["label"] for o in run.waiting.get("options", []) if o["value"] == value), value)
+            captures["label"] = label
+            await self.store.end_step(run.id, StepStatus.DONE, actor=user, captures=captures)
+            return "next"
+        if value in ("skip", "mark_done"):
+            status = StepStatus.SKIPPED if value == "skip" else StepStatus.DONE
+            await self.store.end_step(run.id, status, actor=user, error=f"{value} by {user}")
+            return "next"
+        # retry / rerun: a new attempt
+        return await self._execute(inc, phase, step, await self.context(inc.id))
+
+    async def _approval(self, inc: Incident, phase: Phase, step: ApprovalStep, run: StepRun) -> str:
+        policy = self.policies.get(step.policy, DEFAULT_POLICY)
+        clicks = [a for a in await self.store.approvals(inc.id) if a.counted]
+        rejected = next((a for a in clicks if a.decision == "reject"), None)
+        if rejected is not None:
+            await self.store.end_step(run.id, StepStatus.FAILED, actor=rejected.user_id,
+                                      error=f"rejected by {rejected.user_id}: {rejected.note}")
+            await self._resume(inc)
+            await self.store.apply(inc.id, Event.REJECT, actor=rejected.user_id,
+                                   data={"note": rejected.note})
+            return "end"
+        votes = [Vote(a.user_id, frozenset(a.roles)) for a in clicks if a.decision == "approve"]
+        state = evaluate(policy, votes, requester=inc.requester)
+        if not state.met:
+            return "wait"
+        await self._resume(inc)
+        await self.store.end_step(run.id, StepStatus.DONE, captures={
+            "path": state.path, "approvers": [v.user_id for v in votes]})
+        return "next"
+
+    # ------------------------------------------------------------ executing
+
+    async def _execute(self, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any]) -> str:
+        if isinstance(step, ApprovalStep):
+            run = await self.store.begin_step(
+                inc.id, step.id, phase.id, status=StepStatus.WAITING,
+                waiting={"kind": "approval", "prompt": step.title, "policy": step.policy})
+            return await self._approval(inc, phase, step, run)
+        if isinstance(step, ManualStep) and not step.blocking:
+            run = await self.store.begin_step(inc.id, step.id, phase.id)
+            await self.store.end_step(run.id, StepStatus.DONE, captures={"noted": True})
+            return "next"
+        if isinstance(step, ChoiceStep | ManualStep):
+            try:
+                options = await self._options(inc, step, ctx)
+            except ActionError as exc:
+                run = await self.store.begin_step(inc.id, step.id, phase.id)
+                return await self._failed(inc, step, run, exc)
+            kind = "choice" if isinstance(step, ChoiceStep) else "manual"
+            prompt = step.prompt if isinstance(step, ChoiceStep) else step.title
+            waiting: dict[str, Any] = {"kind": kind, "prompt": prompt, "options": options}
+            if isinstance(step, ChoiceStep) and step.default is not None:
+                waiting["default"] = render_text(step.default, ctx)
+            await self.store.begin_step(inc.id, step.id, phase.id, status=StepStatus.WAITING,
+                                        waiting=waiting)
+            return "wait"
+        # A machine step: the attempt is committed before its side effect begins.
+        run = await self.store.begin_step(inc.id, step.id, phase.id)
+        await self._changed(inc.id)
+        started = time.monotonic()
+        try:
+            result, output = await self._perform(inc, step, ctx)
+            captures = self._captures(step, result, output)
+        except (ActionError, TemplateError) as exc:
+            return await self._failed(inc, step, run, exc)
+        tail = output[-TAIL_CHARS:]
+        await self.store.end_step(
+            run.id, StepStatus.DONE, captures=captures, output_tail=tail,
+            output_digest=_digest(output), output_bytes=len(output.encode()),
+            exit_status=result.get("exit_status"), duration=time.monotonic() - started,
+        )
+        return "next"
+
+    async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
+        out = ""
+        if isinstance(exc, CommandFailed | CommandTimeout):
+            out = (exc.stdout + exc.stderr)[-TAIL_CHARS:]
+        error = f"{type(exc).__name__}: {exc}"
+        exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
+        if step.on_failure == "continue":
+            await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
+                                      exit_status=exit_status)
+            return "next"
+        if step.on_failure == "stop":
+            await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
+                                      exit_status=exit_status)
+            await self._resume(await self.store.incident(inc.id))
+            await self.store.apply(inc.id, Event.FAIL, data={"step": step.id, "error": error})
+            return "end"
+        await self.store.end_step(
+            run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status,
+            waiting={"kind": "failure", "prompt": f"{step.title} failed", "error": error,
+                     "options": _opts(ANSWERS["failure"])},
+        )
+        return "wait"
+
+    def _target(self, inc: Incident, step: StepBase) -> Target:
+        return self.targets[step.target or inc.target]
+
+    async def _options(self, inc: Incident, step: ChoiceStep | ManualStep, ctx: dict[str, Any]) -> list[dict[str, str]]:
+        if isinstance(step, ManualStep):
+            return _opts(ANSWERS["manual"])
+        opts = [o.model_dump() for o in step.options]
+        if step.options_from is not None:
+            target = self._target(inc, step)
+            params = render_value(step.options_from.params, ctx)
+            res = await sqlite_op(target.transport, step.options_from.op, params,
+                                  timeout=step.timeout, python=target.settings.python,
+                                  cwd=target.settings.workdir)
+            rows = res.get("backups") if isinstance(res.get("backups"), list) else res.get("rows", [])
+            for row in rows:
+                if isinstance(row, dict):
+                    value = str(row.get(step.options_from.value, ""))
+                    label = str(row.get(step.options_from.label, value))
+                    desc = " · ".join(f"{k} {row[k]}" for k in ("bytes", "mtime_iso", "count") if k in row)
+                    opts.append({"value": value, "label": label, "description": desc})
+        return opts
+
+    async def _perform(self, inc: Incident, step: StepBase, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Do what the step says; returns (result, whole output)."""
+        if isinstance(step, WaitStep):
+            await asyncio.sleep(step.seconds * self.time_scale)
+            return {"waited": step.seconds * self.time_scale}, ""
+        target = self._target(inc, step)
+        if isinstance(step, CommandStep):
+            command = render_shell(step.run, ctx)
+            res = await target.transport.run(command, timeout=step.timeout, cwd=target.settings.workdir)
+            output = res.stdout + (("\n[stderr]\n" + res.stderr) if res.stderr else "")
+            await self._artifact(inc, step, "log", output)
+            result: dict[str, Any] = {"exit_status": res.exit_status, "stdout": res.stdout,
+                                      "stderr": res.stderr}
+            try:
+                result["json"] = json.loads(res.stdout)
+            except ValueError:
+                pass
+            if res.exit_status not in step.expect_exit:
+                raise CommandFailed(f"exit status {res.exit_status}", exit_status=res.exit_status,
+                                    stdout=res.stdout, stderr=res.stderr)
+            return result, output
+        if isinstance(step, HttpStep):
+            url = render_text(step.url, ctx)
+            headers = {k: render_text(v, ctx) for k, v in step.headers.items()}
+            body = render_value(step.json_body, ctx) if step.json_body is not None else None
+            resp = await http_request(step.method, url, headers=headers, json_body=body,
+                                      timeout=step.timeout, client=self._http)
+            path = await self._artifact(inc, step, "body", resp.text)
+            result = resp.as_dict()
+            result["artifact"] = str(path)
+            if resp.status not in step.expect_status:
+                raise HttpCheckFailed(f"{step.method} {url} answered {resp.status}, expected "
+                                      f"{step.expect_status}", status=resp.status, body=resp.text[-500:])
+            return result, resp.text[:TAIL_CHARS]
+        if isinstance(step, SqliteStep):
+            params = render_value(step.params, ctx)
+            params["db"] = render_text(step.db, ctx)
+            res = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
+                                  python=target.settings.python, cwd=target.settings.workdir)
+            text = json.dumps(res, indent=1, sort_keys=True, default=str)
+            await self._artifact(inc, step, "json", text)
+            return res, text
+        raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")
+
+    def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
+        captures: dict[str, Any] = {}
+        for name, spec in step.captures.items():
+            if isinstance(spec, CaptureFrom):
+                text = result.get(spec.source, "") if isinstance(result.get(spec.source), str) else output
+                m = re.search(spec.regex, text, re.MULTILINE)
+                if not m:
+                    raise TemplateError(f"capture {name!r}: /{spec.regex}/ found nothing in {spec.source}")
+                captures[name] = m.group(1) if m.groups() else m.group(0)
+            else:
+                captures[name] = result if spec == "result" else lookup(result, spec)
+        return captures
+
+    async def _artifact(self, inc: Incident, step: StepBase, ext: str, text: str) -> Path:
+        folder = self.artifacts_dir / inc.id
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = await self.store.latest_runs(inc.id)
+        attempt = runs[step.id].attempt if step.id in runs else 1
+        path = folder / f"{step.id}.{attempt}.{ext}"
+        data = text.encode("utf-8", "replace")
+        await asyncio.to_thread(path.write_bytes, data)
+        await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
+                                      sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        return path
+
+
+def _opts(values: tuple[str, ...]) -> list[dict[str, str]]:
+    labels = {"retry": "Retry", "skip": "Skip", "abort": "Abort", "rerun": "Re-run",
+              "mark_done": "Mark done", "done": "Done"}
+    return [{"value": v, "label": labels.get(v, v), "description": ""} for v in values]

@@ -1,0 +1,137 @@
+"""What the Slack flows work with, built once per process from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.approvals import ApprovalPolicy
+from bot.config import INCIDENT_COMMANDER, BotConfig
+from bot.engine import Engine, Target
+from bot.lifecycle import Status
+from bot.roles import RoleDirectory
+from bot.runbook import Runbook, default_runbook, load_runbook
+from bot.slack_view import ThreadPublisher
+from bot.store import Store
+from bot.targets import open_transport
+
+log = logging.getLogger(__name__)
+
+#: How long a Slack request id is remembered to drop Slack's retries of it.
+DEDUPE_SECONDS = 600.0
+
+
+@dataclass
+class Services:
+    """The store, engine, runbook, roles and thread publisher of one bot process."""
+
+    config: BotConfig
+    store: Store
+    engine: Engine
+    runbook: Runbook
+    policy: ApprovalPolicy
+    roles: RoleDirectory
+    publisher: ThreadPublisher
+    client: AsyncWebClient
+    targets: dict[str, Target]
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def first_time(self, key: str | None) -> bool:
+        """False for a request id seen in the last ten minutes (a Slack retry); remembers it."""
+        if not key:
+            return True
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now - DEDUPE_SECONDS:
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+    def forget(self, key: str) -> None:
+        """Let a request id through again (a form sent back with errors)."""
+        self._seen.pop(key, None)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run work in the background, keeping a reference and logging a failure with an id."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            ref = uuid.uuid4().hex[:8]
+            log.error("background task %s failed [error id %s]", task.get_name(), ref, exc_info=exc)
+
+    def run_incident(self, incident_id: str) -> asyncio.Task[Any]:
+        """Let the engine go on with an incident in the background."""
+        return self.spawn(self.engine.run(incident_id), name=f"run-{incident_id}")
+
+    async def idle(self, timeout: float = 60.0) -> None:
+        """Wait for background work and thread syncs to finish (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("background work did not finish")
+            await asyncio.wait(list(self._tasks), timeout=left)
+        for inc in await self.store.incidents():
+            await self.publisher.settled(inc.id, timeout=max(0.1, deadline - time.monotonic()))
+
+    async def may_act(self, user_id: str) -> list[str]:
+        """The user's roles if they may answer or abort (approvers, incident commanders), else []."""
+        roles = await self.roles.roles_of(user_id)
+        allowed = self.policy.roles | {INCIDENT_COMMANDER}
+        return roles if set(roles) & allowed else []
+
+    async def resume(self) -> None:
+        """After a start: catch every thread up and let running incidents go on."""
+        for problem in await self.roles.warm():
+            log.warning("%s", problem)
+        await self.publisher.catch_up()
+        for inc in await self.store.incidents(active_only=True):
+            if inc.status in (Status.RUNNING,):
+                self.run_incident(inc.id)
+
+    async def close(self) -> None:
+        """Stop background work, close transports and the store."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.publisher.close()
+        for target in self.targets.values():
+            await target.transport.close()
+        await self.store.close()
+
+
+async def build_services(config: BotConfig, client: AsyncWebClient) -> Services:
+    """Open the store and transports and wire the engine to the thread publisher."""
+    runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
+    policy = config.policy.policy()
+    store = await Store.open(config.state_db)
+    targets = {t.name: Target(t, open_transport(t)) for t in config.targets}
+    publisher = ThreadPublisher(client=client, store=store, runbook=runbook, policy=policy,
+                                update_interval=config.slack.update_interval_seconds,
+                                retry_max=config.slack.retry_max_seconds,
+                                upload_over=config.slack.upload_over_bytes)
+    config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(store, runbook, targets, artifacts_dir=config.artifacts_dir, time_scale=config.time_scale,
+                    policies={"default": policy}, on_change=publisher.on_change)
+    roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
+    return Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
+                    publisher=publisher, client=client, targets=targets)

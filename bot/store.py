@@ -1,0 +1,511 @@
+"""Incident state and journal, in SQLite by default through SQLAlchemy 2 async.
+
+Everything the thread or the terminal shows is rendered from here. A step's start is
+committed before its side effect begins, so a crash leaves a ``running`` row that the
+engine finds on restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bot.lifecycle import Event, Status, StepStatus, is_active, transition
+
+metadata = sa.MetaData()
+
+incidents = sa.Table(
+    "incidents", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("target", sa.String(128), nullable=False),
+    # Equal to target while the incident is active, NULL after: a unique index then
+    # allows one active incident per target, enforced by the database itself.
+    sa.Column("active_target", sa.String(128), unique=True),
+    sa.Column("runbook", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(4)),
+    sa.Column("decision", sa.String(32)),
+    sa.Column("inputs", sa.JSON, nullable=False, default=dict),
+    sa.Column("requester", sa.String(64)),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("stamp", sa.String(15), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("abort_reason", sa.Text),
+    sa.Column("channel", sa.String(32)),
+    sa.Column("thread_ts", sa.String(32)),
+    sa.Column("view", sa.JSON, nullable=False, default=dict),
+)
+
+approvals = sa.Table(
+    "approvals", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("roles", sa.JSON, nullable=False),
+    sa.Column("decision", sa.String(8), nullable=False),  # approve | reject
+    sa.Column("counted", sa.Boolean, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+step_runs = sa.Table(
+    "step_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("step_id", sa.String(64), nullable=False),
+    sa.Column("phase_id", sa.String(64), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("duration", sa.Float),
+    sa.Column("exit_status", sa.Integer),
+    sa.Column("output_tail", sa.Text, nullable=False, default=""),
+    sa.Column("output_digest", sa.String(64)),
+    sa.Column("output_bytes", sa.Integer),
+    sa.Column("captures", sa.JSON, nullable=False, default=dict),
+    sa.Column("error", sa.Text),
+    sa.Column("waiting", sa.JSON),  # what a person is asked: kind, options
+    sa.Column("answer", sa.JSON),   # what the person answered
+    sa.UniqueConstraint("incident_id", "step_id", "attempt"),
+)
+
+journal = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(64)),
+    sa.Column("step_id", sa.String(64)),
+    sa.Column("data", sa.JSON, nullable=False, default=dict),
+)
+
+artifacts = sa.Table(
+    "artifacts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("step_id", sa.String(64)),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite hands datetimes back naive; they were stored as UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+class TargetBusy(RuntimeError):
+    """The target already has an active incident."""
+
+    def __init__(self, target: str, incident_id: str) -> None:
+        super().__init__(f"target {target!r} already has an active incident {incident_id}")
+        self.target = target
+        self.incident_id = incident_id
+
+
+@dataclass
+class Incident:
+    """An incident row."""
+
+    id: str
+    target: str
+    runbook: str
+    status: Status
+    severity: str | None
+    decision: str | None
+    inputs: dict[str, Any]
+    requester: str | None
+    reason: str
+    stamp: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    abort_reason: str | None
+    channel: str | None
+    thread_ts: str | None
+    view: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepRun:
+    """One execution attempt of a step."""
+
+    id: int
+    incident_id: str
+    step_id: str
+    phase_id: str
+    attempt: int
+    status: StepStatus
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    duration: float | None
+    exit_status: int | None
+    output_tail: str
+    output_digest: str | None
+    output_bytes: int | None
+    captures: dict[str, Any]
+    error: str | None
+    waiting: dict[str, Any] | None
+    answer: dict[str, Any] | None
+
+
+@dataclass
+class Approval:
+    """One approve/reject click."""
+
+    id: int
+    incident_id: str
+    user_id: str
+    roles: list[str]
+    decision: str
+    counted: bool
+    note: str
+    at: dt.datetime
+
+
+@dataclass
+class JournalEvent:
+    """One entry of the incident's event log."""
+
+    id: int
+    incident_id: str
+    at: dt.datetime
+    kind: str
+    actor: str | None
+    step_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass
+class Artifact:
+    """A file an incident produced, tracked as it was made."""
+
+    id: int
+    incident_id: str
+    step_id: str | None
+    name: str
+    path: str
+    sha256: str
+    bytes: int
+    at: dt.datetime
+
+
+def _row(cls: type, row: sa.Row[Any]) -> Any:
+    d = dict(row._mapping)
+    for k, v in d.items():
+        if isinstance(v, dt.datetime):
+            d[k] = _aware(v)
+    if cls is Incident:
+        d.pop("active_target", None)
+        d["status"] = Status(d["status"])
+    if cls is StepRun:
+        d["status"] = StepStatus(d["status"])
+    return cls(**d)
+
+
+class Store:
+    """Async access to the incident state. One instance per process."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Open (and create) the store at a SQLAlchemy URL or a plain SQLite file path."""
+        if "://" not in url:
+            url = f"sqlite+aiosqlite:///{url}"
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA busy_timeout=10000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        return cls(engine)
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------ incidents
+
+    async def create_incident(
+        self,
+        *,
+        target: str,
+        runbook: str,
+        severity: str | None = None,
+        decision: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        requester: str | None = None,
+        reason: str = "",
+        now: dt.datetime | None = None,
+    ) -> Incident:
+        """Open an incident with the next id of the day; ``TargetBusy`` if one is active."""
+        now = now or utcnow()
+        prefix = f"RB-{now:%Y%m%d}-"
+        for _ in range(5):
+            async with self.engine.begin() as conn:
+                busy = (await conn.execute(
+                    sa.select(incidents.c.id).where(incidents.c.active_target == target)
+                )).scalar()
+                if busy:
+                    raise TargetBusy(target, busy)
+                last = (await conn.execute(
+                    sa.select(sa.func.max(incidents.c.id)).where(incidents.c.id.like(prefix + "%"))
+                )).scalar()
+                seq = int(last.rsplit("-", 1)[1]) + 1 if last else 1
+                iid = f"{prefix}{seq:04d}"
+                try:
+                    await conn.execute(incidents.insert().values(
+                        id=iid, target=target, active_target=target, runbook=runbook,
+                        status=Status.OPEN.value, severity=severity, decision=decision,
+                        inputs=inputs or {}, requester=requester, reason=reason,
+                        stamp=f"{now:%Y%m%d_%H%M%S}", created_at=now, updated_at=now, view={},
+                    ))
+                    await conn.execute(journal.insert().values(
+                        incident_id=iid, at=now, kind="incident_opened", actor=requester,
+                        data={"target": target, "severity": severity, "decision": decision},
+                    ))
+                except IntegrityError:
+                    busy2 = await self.active_incident(target)
+                    if busy2:
+                        raise TargetBusy(target, busy2.id) from None
+                    continue  # id race: take the next number
+            return await self.incident(iid)
+        raise RuntimeError("could not allocate an incident id")
+
+    async def incident(self, incident_id: str) -> Incident:
+        """The incident; KeyError when there is none."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(incidents).where(incidents.c.id == incident_id)
+            )).first()
+        if row is None:
+            raise KeyError(incident_id)
+        return _row(Incident, row)
+
+    async def active_incident(self, target: str) -> Incident | None:
+        """The active incident on a target, if any."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(incidents).where(incidents.c.active_target == target)
+            )).first()
+        return _row(Incident, row) if row else None
+
+    async def incidents(self, *, active_only: bool = False) -> list[Incident]:
+        """All incidents, newest first."""
+        q = sa.select(incidents).order_by(incidents.c.created_at.desc())
+        if active_only:
+            q = q.where(incidents.c.active_target.is_not(None))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_row(Incident, r) for r in rows]
+
+    async def apply(
+        self, incident_id: str, ev: Event, *, actor: str | None = None, data: dict[str, Any] | None = None,
+        now: dt.datetime | None = None,
+    ) -> Incident:
+        """Move the incident through the lifecycle table and journal the event."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                sa.select(incidents.c.status, incidents.c.target).where(incidents.c.id == incident_id)
+            )).first()
+            if row is None:
+                raise KeyError(incident_id)
+            new = transition(Status(row.status), ev)
+            values: dict[str, Any] = {"status": new.value, "updated_at": now}
+            if not is_active(new):
+                values["active_target"] = None
+                values["ended_at"] = now
+            if ev is Event.START:
+                values["started_at"] = now
+            await conn.execute(
+                incidents.update().where(incidents.c.id == incident_id).values(**values)
+            )
+            await conn.execute(journal.insert().values(
+                incident_id=incident_id, at=now, kind=f"incident_{ev.value}", actor=actor,
+                data={"from": row.status, "to": new.value, **(data or {})},
+            ))
+        return await self.incident(incident_id)
+
+    async def update_incident(self, incident_id: str, **values: Any) -> None:
+        """Set plain fields (channel, thread_ts, view, abort_reason, decision...)."""
+        values["updated_at"] = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(incidents.update().where(incidents.c.id == incident_id).values(**values))
+
+    # ------------------------------------------------------------ steps
+
+    async def step_runs(self, incident_id: str) -> list[StepRun]:
+        """Every attempt of every step, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(step_runs).where(step_runs.c.incident_id == incident_id)
+                .order_by(step_runs.c.id)
+            )).all()
+        return [_row(StepRun, r) for r in rows]
+
+    async def latest_runs(self, incident_id: str) -> dict[str, StepRun]:
+        """The latest attempt of each step."""
+        latest: dict[str, StepRun] = {}
+        for run in await self.step_runs(incident_id):
+            latest[run.step_id] = run
+        return latest
+
+    async def begin_step(
+        self, incident_id: str, step_id: str, phase_id: str, *, status: StepStatus = StepStatus.RUNNING,
+        waiting: dict[str, Any] | None = None, now: dt.datetime | None = None,
+    ) -> StepRun:
+        """Record a new attempt, committed before the step's side effect starts."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            last = (await conn.execute(
+                sa.select(sa.func.max(step_runs.c.attempt)).where(
+                    step_runs.c.incident_id == incident_id, step_runs.c.step_id == step_id)
+            )).scalar()
+            res = await conn.execute(step_runs.insert().values(
+                incident_id=incident_id, step_id=step_id, phase_id=phase_id,
+                attempt=(last or 0) + 1, status=status.value, started_at=now, captures={},
+                output_tail="", waiting=waiting,
+            ))
+            await conn.execute(journal.insert().values(
+                incident_id=incident_id, at=now, kind=f"step_{status.value}", step_id=step_id,
+                data={"attempt": (last or 0) + 1, **({"waiting": waiting} if waiting else {})},
+            ))
+            run_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
+        return await self.step_run(int(run_id))  # type: ignore[arg-type]
+
+    async def step_run(self, run_id: int) -> StepRun:
+        """One attempt by its id."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
+        return _row(StepRun, row)
+
+    async def end_step(
+        self, run_id: int, status: StepStatus, *, actor: str | None = None,
+        now: dt.datetime | None = None, **values: Any,
+    ) -> StepRun:
+        """Finish (or re-state) an attempt: done, failed, skipped, waiting, interrupted."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
+            if status in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED):
+                values.setdefault("ended_at", now)
+                if row.started_at is not None:
+                    values.setdefault("duration", (now - _aware(row.started_at)).total_seconds())  # type: ignore[operator]
+            await conn.execute(step_runs.update().where(step_runs.c.id == run_id).values(
+                status=status.value, **values))
+            data = {k: v for k, v in values.items()
+                    if k in ("exit_status", "error", "duration", "captures", "answer", "waiting")}
+            data["attempt"] = row.attempt
+            await conn.execute(journal.insert().values(
+                incident_id=row.incident_id, at=now, kind=f"step_{status.value}",
+                step_id=row.step_id, actor=actor, data=_jsonable(data),
+            ))
+        return await self.step_run(run_id)
+
+    # ------------------------------------------------------------ approvals
+
+    async def add_approval(
+        self, incident_id: str, *, user_id: str, roles: list[str], decision: str, counted: bool,
+        note: str = "", now: dt.datetime | None = None,
+    ) -> Approval:
+        """Record a click on Approve or Reject, counted or not."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            res = await conn.execute(approvals.insert().values(
+                incident_id=incident_id, user_id=user_id, roles=roles, decision=decision,
+                counted=counted, note=note, at=now,
+            ))
+            await conn.execute(journal.insert().values(
+                incident_id=incident_id, at=now, kind=f"approval_{decision}", actor=user_id,
+                data={"roles": roles, "counted": counted, "note": note},
+            ))
+            aid = res.inserted_primary_key[0] if res.inserted_primary_key else 0
+        return Approval(int(aid), incident_id, user_id, roles, decision, counted, note, now)
+
+    async def approvals(self, incident_id: str) -> list[Approval]:
+        """Every click, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(approvals).where(approvals.c.incident_id == incident_id).order_by(approvals.c.id)
+            )).all()
+        return [_row(Approval, r) for r in rows]
+
+    # ------------------------------------------------------------ journal, artifacts
+
+    async def log(
+        self, incident_id: str, kind: str, *, actor: str | None = None, step_id: str | None = None,
+        data: dict[str, Any] | None = None, now: dt.datetime | None = None,
+    ) -> None:
+        """Append to the incident's event log."""
+        async with self.engine.begin() as conn:
+            await conn.execute(journal.insert().values(
+                incident_id=incident_id, at=now or utcnow(), kind=kind, actor=actor,
+                step_id=step_id, data=_jsonable(data or {}),
+            ))
+
+    async def events(self, incident_id: str) -> list[JournalEvent]:
+        """The event log, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(journal).where(journal.c.incident_id == incident_id).order_by(journal.c.id)
+            )).all()
+        return [_row(JournalEvent, r) for r in rows]
+
+    async def add_artifact(
+        self, incident_id: str, *, step_id: str | None, name: str, path: str, sha256: str, size: int,
+    ) -> None:
+        """Track a file the incident produced, at the moment it is made."""
+        async with self.engine.begin() as conn:
+            await conn.execute(artifacts.insert().values(
+                incident_id=incident_id, step_id=step_id, name=name, path=path, sha256=sha256,
+                bytes=size, at=utcnow(),
+            ))
+
+    async def artifacts(self, incident_id: str) -> list[Artifact]:
+        """Files the incident produced, in the order they were made."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(artifacts).where(artifacts.c.incident_id == incident_id).order_by(artifacts.c.id)
+            )).all()
+        return [_row(Artifact, r) for r in rows]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value

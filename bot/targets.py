@@ -1,0 +1,80 @@
+"""Targets: where a runbook runs, and the settings its templates use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actions.transport import Transport
+
+
+class TargetSettings(BaseModel):
+    """One target: how to reach it and the values ``{{ target.* }}`` refers to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    transport: Literal["ssh", "local"] = "ssh"
+    host: str = "127.0.0.1"
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key_file: Path | None = None
+    known_hosts: Path | None = None
+    connect_timeout: float = 10.0
+    max_channels: int = Field(8, ge=1, le=8)
+
+    workdir: str = Field(description="working directory of the app on the target")
+    app_name: str = "orbis-forge-admin"
+    db_path: str = "databases/production.db"
+    databases_dir: str = "databases"
+    backup_pattern: str = "production_backup_*.db"
+    env_file: str = ".env.production"
+    health_url: str = "http://127.0.0.1:3000/health"
+    export_url: str = "http://127.0.0.1:3000/api/json-operations/export"
+    import_url: str = "http://127.0.0.1:3000/api/json-operations/import"
+    export_user: str = "emergency_admin"
+    pm_start: str = "pm2 start orbis-forge-admin"
+    pm_stop: str = "pm2 stop orbis-forge-admin"
+    pm_restart: str = "pm2 restart orbis-forge-admin"
+    pm_status: str = "pm2 jlist"
+    python: str = "python3"
+    maintenance_message: str = "System maintenance in progress. Please try again in 30 minutes."
+    app_rollback_command: str = ""
+    previous_version: str = ""
+    smoke_test_command: str = ""
+
+    @model_validator(mode="after")
+    def _ssh_needs_keys(self) -> TargetSettings:
+        if self.transport == "ssh" and (self.key_file is None or self.known_hosts is None):
+            raise ValueError(f"target {self.name!r}: ssh needs 'key_file' and 'known_hosts'")
+        return self
+
+    def template_values(self) -> dict[str, Any]:
+        """The values runbook templates see as ``target.*``."""
+        data = self.model_dump(mode="json")
+        for secretish in ("key_file", "known_hosts", "host", "port", "user", "transport"):
+            data.pop(secretish, None)
+        return data
+
+
+def open_transport(settings: TargetSettings) -> Transport:
+    """A transport for the target (connections open lazily on first use)."""
+    if settings.transport == "local":
+        from actions.local import LocalTransport
+
+        return LocalTransport(name=settings.name)
+    from actions.ssh import SSHTransport
+
+    assert settings.key_file is not None and settings.known_hosts is not None
+    return SSHTransport(
+        name=settings.name,
+        host=settings.host,
+        port=settings.port,
+        username=settings.user,
+        client_keys=[str(settings.key_file)],
+        known_hosts=str(settings.known_hosts),
+        connect_timeout=settings.connect_timeout,
+        max_channels=settings.max_channels,
+    )

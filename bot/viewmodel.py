@@ -1,0 +1,132 @@
+"""The incident as something to show: phases, steps, statuses, durations, key facts.
+
+Both the Slack thread and the drill's terminal view render from this, so they always
+agree with the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.lifecycle import StepStatus
+from bot.runbook import Runbook
+from bot.store import Incident, StepRun, Store
+
+SYMBOLS = {
+    "pending": "○",
+    "running": "◐",
+    "waiting": "⏸",
+    "done": "✓",
+    "failed": "✗",
+    "skipped": "–",
+    "interrupted": "!",
+}
+
+#: Capture names worth showing beside a step, in this order.
+KEY_FACTS = ("path", "file_sha256", "sha256", "content_hash", "ok", "counts", "restricted",
+             "restored", "choice", "label", "status", "latency_ms", "undone", "restored_from",
+             "corrupted_copy", "approvers")
+
+
+@dataclass
+class StepView:
+    """One line of a phase's checklist."""
+
+    id: str
+    title: str
+    status: str
+    duration: float | None
+    attempt: int
+    facts: dict[str, Any]
+    error: str | None
+    waiting: dict[str, Any] | None
+    answered: bool
+
+
+@dataclass
+class PhaseView:
+    """One phase and its steps."""
+
+    id: str
+    title: str
+    steps: list[StepView] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """pending / running / waiting / done / failed / skipped, from the steps."""
+        states = {s.status for s in self.steps}
+        for st in ("failed", "interrupted", "waiting", "running"):
+            if st in states:
+                return st
+        if states <= {"skipped"}:
+            return "skipped"
+        if states <= {"done", "skipped"}:
+            return "done"
+        if states & {"done", "skipped"}:
+            return "running"
+        return "pending"
+
+    @property
+    def duration(self) -> float:
+        """Seconds spent in the phase's steps."""
+        return sum(s.duration or 0 for s in self.steps)
+
+
+@dataclass
+class IncidentView:
+    """Everything a view shows of an incident."""
+
+    incident: Incident
+    phases: list[PhaseView]
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from the start of the run to its end (or now)."""
+        inc = self.incident
+        if inc.started_at is None:
+            return None
+        end = inc.ended_at or dt.datetime.now(dt.UTC)
+        return (end - inc.started_at).total_seconds()
+
+
+def _facts(run: StepRun) -> dict[str, Any]:
+    return {k: run.captures[k] for k in KEY_FACTS if k in run.captures}
+
+
+def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> IncidentView:
+    """The view of an incident from its latest step runs."""
+    phases = []
+    for phase in runbook.phases:
+        pv = PhaseView(phase.id, phase.title)
+        for step in phase.steps:
+            run = runs.get(step.id)
+            status = run.status.value if run else StepStatus.PENDING.value
+            if run and run.status is StepStatus.FAILED and run.waiting is None:
+                status = "failed"
+            pv.steps.append(StepView(
+                id=step.id, title=step.title, status=status,
+                duration=run.duration if run else None, attempt=run.attempt if run else 0,
+                facts=_facts(run) if run else {}, error=run.error if run else None,
+                waiting=run.waiting if run else None,
+                answered=bool(run and run.answer is not None),
+            ))
+        phases.append(pv)
+    return IncidentView(incident, phases)
+
+
+async def load(store: Store, runbook: Runbook, incident_id: str) -> IncidentView:
+    """Load an incident's view from the store."""
+    return build(runbook, await store.incident(incident_id), await store.latest_runs(incident_id))
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A compact one-line form of a fact."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k} {v}" for k, v in value.items())
+    elif isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        text = value[:12] + "…"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,54 @@
+"""Buttons and selects the bot posted: ack at once, then one flow of ``bot.incidents``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+
+from bot import incidents
+from bot.slack_view import ANSWER, APPROVE, REJECT
+
+
+def _where(body: dict[str, Any]) -> dict[str, Any]:
+    container = body.get("container") or {}
+    return {
+        "user_id": body["user"]["id"],
+        "channel_id": (body.get("channel") or {}).get("id") or container.get("channel_id", ""),
+        "thread_ts": container.get("thread_ts") or (body.get("message") or {}).get("thread_ts"),
+    }
+
+
+async def approve(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Approve was clicked."""
+    await ack()
+    services = context["services"]
+    incidents.background(services=services, body=body, work=incidents.approval_click(
+        services=services, incident_id=action.get("value", ""), decision="approve",
+        trigger_id=body.get("trigger_id", ""), action_ts=action.get("action_ts", ""), **_where(body)))
+
+
+async def reject(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Reject was clicked: the flow opens the reason modal (the trigger lives 3 s)."""
+    await ack()
+    services = context["services"]
+    incidents.background(services=services, body=body, work=incidents.approval_click(
+        services=services, incident_id=action.get("value", ""), decision="reject",
+        trigger_id=body.get("trigger_id", ""), action_ts=action.get("action_ts", ""), **_where(body)))
+
+
+async def answer(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    """A choice, Done, Retry/Skip/Abort or Re-run/Mark done button, or the options select."""
+    await ack()
+    services = context["services"]
+    value = action.get("value") or (action.get("selected_option") or {}).get("value", "")
+    incidents.background(services=services, body=body, work=incidents.answer_click(
+        services=services, value=value, action_ts=action.get("action_ts", ""), **_where(body)))
+
+
+def register(app: AsyncApp) -> None:
+    """Attach the block action listeners."""
+    app.action(APPROVE)(approve)
+    app.action(REJECT)(reject)
+    app.action(re.compile(f"^{ANSWER}_"))(answer)

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real sshd on loopback and transports to run commands through."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from actions.local import LocalTransport
+from actions.ssh import SSHTransport
+from tests.sshd import SshdTarget, SshdUnavailable, make_ssh_transport, start_sshd
+
+
+@pytest.fixture(scope="session")
+def sshd_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdTarget]:
+    """A real OpenSSH sshd on 127.0.0.1 for the whole session; skipped without sshd, failed in CI."""
+    try:
+        with start_sshd(tmp_path_factory.mktemp("sshd")) as target:
+            yield target
+    except SshdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"sshd is required in CI: {exc}")
+        pytest.skip(f"sshd not available: {exc}")
+
+
+@pytest.fixture
+async def ssh_transport(sshd_target: SshdTarget) -> AsyncIterator[SSHTransport]:
+    """An ``SSHTransport`` to the test sshd, closed after the test."""
+    transport = make_ssh_transport(sshd_target)
+    yield transport
+    await transport.close()
+
+
+@pytest.fixture
+async def local_transport(tmp_path: Path) -> AsyncIterator[LocalTransport]:
+    """A ``LocalTransport`` rooted in the test's tmp dir, closed after the test."""
+    transport = LocalTransport(root=str(tmp_path))
+    yield transport
+    await transport.close()
+
+
+@pytest.fixture(params=["local", "ssh"])
+async def transport(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalTransport | SSHTransport]:
+    """Each transport in turn, for tests that hold for both."""
+    made: LocalTransport | SSHTransport
+    if request.param == "ssh":
+        made = make_ssh_transport(request.getfixturevalue("sshd_target"))
+    else:
+        made = LocalTransport(root=str(tmp_path))
+    yield made
+    await made.close()
