@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from actions.sqlite import sqlite_op
 
 from actions.errors import ActionError, CommandFailed, CommandTimeout, HttpCheckFailed
 from actions.http import http_request
+from actions.sqlite import sqlite_op
 from actions.transport import Transport
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.lifecycle import FINAL, Event, Status, StepStatus
@@ -437,7 +437,7 @@ class Engine:
             res = await sqlite_op(target.transport, step.options_from.op, params,
                                   timeout=step.timeout, python=target.settings.python,
                                   cwd=target.settings.workdir)
-            rows = res.get("backups") if isinstance(res.get("backups"), list) else res.get("rows", [])
+            rows = _rows(res)
             for row in rows:
                 if isinstance(row, dict):
                     value = str(row.get(step.options_from.value, ""))
@@ -483,11 +483,11 @@ class Engine:
         if isinstance(step, SqliteStep):
             params = render_value(step.params, ctx)
             params["db"] = render_text(step.db, ctx)
-            res = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
+            out = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
                                   python=target.settings.python, cwd=target.settings.workdir)
-            text = json.dumps(res, indent=1, sort_keys=True, default=str)
+            text = json.dumps(out, indent=1, sort_keys=True, default=str)
             await self._artifact(inc, step, "json", text)
-            return res, text
+            return out, text
         raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")
 
     def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
@@ -514,6 +514,15 @@ class Engine:
         await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
                                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         return path
+
+
+def _rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a listing result as dicts: backups, or a query's columns zipped with rows."""
+    for key in ("backups", "items"):
+        if isinstance(res.get(key), list):
+            return [r for r in res[key] if isinstance(r, dict)]
+    cols = res.get("columns") or []
+    return [dict(zip(cols, r, strict=False)) if isinstance(r, list) else r for r in res.get("rows") or []]
 
 
 def _opts(values: tuple[str, ...]) -> list[dict[str, str]]:

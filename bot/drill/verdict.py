@@ -47,17 +47,26 @@ class Verdict:
 
 
 def data_loss(diff: dict[str, Any], deployment_keys: dict[str, set[str]]) -> tuple[int, str]:
-    """Rows the emergency backup has that the restored database lacks or holds otherwise,
-    minus the rows the bad deployment itself wrote (undoing those is the point)."""
+    """Rows the emergency backup (taken just before the restore) has that the restored
+    database lost or holds otherwise, minus the rows the bad deployment itself wrote:
+    undoing those is the point of the rollback, anything else is data lost."""
     total = 0
     parts = []
     for table, d in sorted(diff.items()):
-        lost = [k for k in d.get("lost_keys", []) if str(k) not in deployment_keys.get(table, set())]
-        n = len(lost) if "lost_keys" in d else int(d.get("lost", 0))
-        if n:
-            parts.append(f"{table} {n}")
-        total += n
+        keys = [*d.get("removed_keys", []), *d.get("changed_keys", [])]
+        ours = deployment_keys.get(table, set())
+        lost = [k for k in keys if _key(k) not in ours]
+        if lost:
+            parts.append(f"{table} {len(lost)}")
+        total += len(lost)
     return total, ", ".join(parts) or "none"
+
+
+def _key(k: Any) -> str:
+    """A diff key ([55] or [\"a\", 1]) as the text the sandbox records (\"55\")."""
+    if isinstance(k, list) and len(k) == 1:
+        k = k[0]
+    return str(k)
 
 
 async def check_verdict(

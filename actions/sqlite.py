@@ -1,0 +1,683 @@
+"""Typed SQLite operations on a target, run there by the agent in ``actions/sqlite_agent.py``.
+
+Nothing is pasted into SQL and no ``sqlite3`` CLI is needed on the target: the agent's source
+goes as the ``-c`` argument of the target's ``python3`` (3.9+, standard library only), the
+operation name and its JSON params as two more arguments, each ``shlex.quote``d::
+
+    python3 -I -c '<agent source>' backup '{"db":"databases/production.db",...}'
+
+``-I`` (isolated mode) keeps the target's ``PYTHON*`` variables, user site-packages and the
+working directory out of ``sys.path``. Params too long for one command line go through stdin
+(the agent reads them when the argument is ``-``). The agent prints one JSON line;
+``sqlite_op`` returns its ``result`` or raises ``SqliteAgentError`` (a ``SqliteOpFailed``).
+
+Operations (params -> result; paths on the target, relative to the command's cwd):
+
+- ``integrity_check`` / ``quick_check`` {db, max_errors=100, immutable=false}
+  -> {ok, messages}
+- ``foreign_key_check`` {db, max_rows=1000} -> {ok, violations: [{table, rowid, parent,
+  fkid}], count}
+- ``record_counts`` {db, tables|null} -> {counts: {table: n}}
+- ``query`` {db, sql, params: list|object|null, max_rows=1000, write=false}
+  -> {columns, rows, truncated} (+ rowcount, lastrowid when write)
+- ``content_hash`` {db, tables|null, immutable=false} -> {tables: {t: hex}, counts, total,
+  format: "rbh1"}
+- ``verify`` {db, immutable=false, check="integrity_check"|"quick_check",
+  content_hash=true} -> {ok, check, integrity, content_hash, tables, counts, file_sha256,
+  bytes, path, format, duration}
+- ``backup`` {db, dest, verify=false, content_hash=true} -> {path, bytes, file_sha256,
+  backup_seconds, duration, verify?}; refuses an existing dest (kind ``exists``)
+- ``list_backups`` {dir, pattern="*.db", limit=100} -> {backups: [{path, name, bytes,
+  mtime, mtime_iso, sqlite, has_wal}] newest first, total, dir}
+- ``restore`` {db, backup, corrupted_dir|null, expect_content_hash|null,
+  journal_mode|null, verify_copy="sha256"|"full"} -> {restored_from, db, content_hash,
+  backup_file_sha256, counts, live_before, already_restored, corrupted_copy, corrupted,
+  copy, removed, journal_mode, quick_check, foreign_key_violations, file_sha256, duration}
+- ``restrict_access`` {db, snapshot, table="user_permissions", key="user_id",
+  column="access_level", level="read_only", exempt_roles=["superuser","emergency_admin"],
+  role_column="role", tag|null} -> {restricted, snapshot, saved, already_saved, rows,
+  exempt_roles}
+- ``restore_access`` {db, snapshot, table?, key?, column?} -> {restored, changed, missing,
+  not_in_snapshot, snapshot}
+- ``selective_restore`` {db, backup, tables, keys: {t: [key...]}|null,
+  key_columns: {t: col|[cols]}|null, allow_fk_violations=false}
+  -> {tables: {t: {restored, deleted, inserted}}, new_fk_violations}
+- ``diff`` {db, other, tables|null, key_columns|null, sample=20} -> {tables: {t: {added,
+  removed, changed, keys_sample} | {only_in}}, identical}
+- ``transaction_rollback`` {db, since_id | since_time, history_table="change_history",
+  deployment|null, ignore_drift=false, allow_fk_violations=false} -> {undone, by_table:
+  {t: {INSERT, UPDATE, DELETE}}, undone_rows, recorded_by_triggers, new_fk_violations}
+- ``governance_insert`` {db, record, table="governance_logs", if_absent=false}
+  -> {id, inserted, table}
+
+Refusals carry a ``kind``: bad_request, bad_op, bad_table, bad_column, not_found, exists,
+integrity_failed, hash_mismatch, copy_failed, in_use, conflict, fk_violation,
+bad_snapshot, bad_history, sqlite, internal, unsupported_python (and no_result here).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+from actions.errors import SqliteOpFailed
+from actions.transport import ShellResult, Transport
+
+AGENT_PATH = Path(__file__).with_name("sqlite_agent.py")
+
+#: Every operation the agent knows.
+OPS = frozenset(
+    {
+        "integrity_check",
+        "quick_check",
+        "foreign_key_check",
+        "record_counts",
+        "query",
+        "content_hash",
+        "verify",
+        "backup",
+        "list_backups",
+        "restore",
+        "restrict_access",
+        "restore_access",
+        "selective_restore",
+        "diff",
+        "transaction_rollback",
+        "governance_insert",
+    }
+)
+
+#: Longest command put on one command line; longer params go through stdin instead
+#: (Linux caps a single argv string at 128 KiB; the shell session refuses > 100,000 bytes).
+MAX_COMMAND_BYTES = 90_000
+#: How much of the agent's stderr an error carries.
+STDERR_TAIL = 2000
+#: How blob values are written in JSON, both ways.
+BLOB_KEY = "$blob_b64"
+
+
+class SqliteAgentError(SqliteOpFailed):
+    """The agent refused or failed an operation, or gave no readable answer.
+
+    ``kind`` is the agent's one-word reason (``bad_table``, ``integrity_failed``,
+    ``in_use``, ``conflict``, ``exists``, ``not_found``, ``hash_mismatch``, ``sqlite``, ...;
+    ``no_result`` when nothing readable came back, then ``outcome_unknown`` is True).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        op: str,
+        detail: str = "",
+        kind: str = "",
+        details: Any = None,
+        exit_status: int | None = None,
+        stderr: str = "",
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message, op=op, detail=detail)
+        self.kind = kind
+        self.details = details
+        self.exit_status = exit_status
+        self.stderr = stderr
+        self.outcome_unknown = outcome_unknown
+
+
+@functools.cache
+def agent_source() -> str:
+    """The agent's source text, as sent to the target."""
+    return AGENT_PATH.read_text(encoding="utf-8")
+
+
+def agent_sha256() -> str:
+    """sha256 of the agent's source: names exactly which code ran on the target."""
+    return hashlib.sha256(agent_source().encode("utf-8")).hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {BLOB_KEY: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot send {type(value).__name__} to the SQLite agent")
+
+
+def encode_params(params: dict[str, Any]) -> str:
+    """Params as one line of ASCII JSON (NUL and every non-ASCII character escaped)."""
+    return json.dumps(params, ensure_ascii=True, separators=(",", ":"), default=_json_default)
+
+
+def build_command(
+    op: str, params: dict[str, Any], *, python: str = "python3"
+) -> tuple[str, str | None]:
+    """The shell command running ``op`` on the target, and the stdin to give it (or None)."""
+    if op not in OPS:
+        raise ValueError(f"unknown SQLite operation {op!r}")
+    if not python or "\0" in python:
+        raise ValueError("python must name the target's Python 3 executable")
+    payload = encode_params(params)
+    head = [shlex.quote(python), "-I", "-c", shlex.quote(agent_source()), shlex.quote(op)]
+    inline = " ".join([*head, shlex.quote(payload)])
+    if len(inline.encode("utf-8")) <= MAX_COMMAND_BYTES:
+        return inline, None
+    return " ".join([*head, "-"]), payload + "\n"
+
+
+def _tail(text: str) -> str:
+    return text[-STDERR_TAIL:]
+
+
+def parse_result(op: str, result: ShellResult) -> dict[str, Any]:
+    """The ``result`` object of the agent's JSON line, or ``SqliteAgentError``."""
+    doc: dict[str, Any] | None = None
+    for line in reversed(result.stdout.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            candidate = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(candidate, dict) and isinstance(candidate.get("ok"), bool):
+            doc = candidate
+            break
+    stderr = _tail(result.stderr)
+    if doc is None:
+        raise SqliteAgentError(
+            f"sqlite {op}: no result from the agent (exit status {result.exit_status})",
+            op=op,
+            detail=stderr or _tail(result.stdout),
+            kind="no_result",
+            exit_status=result.exit_status,
+            stderr=stderr,
+            outcome_unknown=True,
+        )
+    if doc["ok"] and result.exit_status == 0 and isinstance(doc.get("result"), dict):
+        return cast(dict[str, Any], doc["result"])
+    kind = str(doc.get("kind") or "failed")
+    error = str(doc.get("error") or f"exit status {result.exit_status}")
+    details = doc.get("details")
+    detail = error
+    if details is not None:
+        detail += "\n" + json.dumps(details, ensure_ascii=False, default=str)[:STDERR_TAIL]
+    if stderr:
+        detail += "\n" + stderr
+    raise SqliteAgentError(
+        f"sqlite {op} failed ({kind}): {error}",
+        op=op,
+        detail=detail,
+        kind=kind,
+        details=details,
+        exit_status=result.exit_status,
+        stderr=stderr,
+    )
+
+
+async def sqlite_op(
+    transport: Transport,
+    op: str,
+    params: dict[str, Any],
+    *,
+    timeout: float,
+    python: str = "python3",
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """Run one agent operation on the target and return its result object.
+
+    Relative paths in ``params`` are relative to ``cwd`` (the transport's default when None).
+    Raises ``SqliteAgentError`` when the agent refuses or fails, and whatever the transport
+    raises (``CommandTimeout``: the target-side timeout killed the agent; ``ConnectionLost``).
+    """
+    command, stdin = build_command(op, params, python=python)
+    result = await transport.run(command, timeout=timeout, cwd=cwd, stdin=stdin)
+    return parse_result(op, result)
+
+
+# ---------------------------------------------------------------------------- result shapes
+
+
+class CheckResult(TypedDict):
+    """integrity_check / quick_check: ``ok`` is ``messages == ["ok"]``."""
+
+    ok: bool
+    messages: list[str]
+
+
+class FkViolation(TypedDict):
+    """One row of PRAGMA foreign_key_check."""
+
+    table: str
+    rowid: int | None
+    parent: str
+    fkid: int
+
+
+class FkCheckResult(TypedDict):
+    """foreign_key_check: the first ``max_rows`` violations and how many there are."""
+
+    ok: bool
+    violations: list[FkViolation]
+    count: int
+
+
+class CountsResult(TypedDict):
+    """record_counts."""
+
+    counts: dict[str, int]
+
+
+class QueryResult(TypedDict, total=False):
+    """query: ``rows`` hold JSON values (blobs as {"$blob_b64": ...}); writes add counts."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    rowcount: int
+    lastrowid: int | None
+
+
+class ContentHashResult(TypedDict):
+    """content_hash: per-table and total sha256 of the logical content ("rbh1")."""
+
+    tables: dict[str, str]
+    counts: dict[str, int]
+    total: str
+    format: str
+
+
+class VerifyResult(TypedDict, total=False):
+    """verify: integrity + content hash + file sha256 + counts of one file."""
+
+    ok: bool
+    check: str
+    integrity: list[str]
+    content_hash: str | None
+    content_hash_error: str
+    tables: dict[str, str]
+    counts: dict[str, int]
+    file_sha256: str
+    bytes: int
+    path: str
+    format: str
+    duration: float
+
+
+class BackupResult(TypedDict, total=False):
+    """backup: where the snapshot went, its size and file sha256 (and ``verify`` if asked)."""
+
+    path: str
+    bytes: int
+    file_sha256: str
+    backup_seconds: float
+    duration: float
+    verify: VerifyResult
+
+
+class BackupFile(TypedDict):
+    """One entry of list_backups."""
+
+    path: str
+    name: str
+    bytes: int
+    mtime: float
+    mtime_iso: str
+    sqlite: bool
+    has_wal: bool
+
+
+class ListBackupsResult(TypedDict):
+    """list_backups: newest first."""
+
+    backups: list[BackupFile]
+    total: int
+    dir: str
+
+
+class RestoreResult(TypedDict, total=False):
+    """restore: what was restored, where the old live db went, the final state."""
+
+    restored_from: str
+    db: str
+    content_hash: str
+    backup_file_sha256: str
+    counts: dict[str, int]
+    live_before: dict[str, Any]
+    already_restored: bool
+    corrupted_copy: str | None
+    corrupted: dict[str, Any] | None
+    copy: dict[str, Any]
+    removed: list[str]
+    journal_mode: str
+    quick_check: list[str]
+    foreign_key_violations: int
+    file_sha256: str
+    duration: float
+
+
+class RestrictResult(TypedDict):
+    """restrict_access: rows restricted and the originals saved in the snapshot file."""
+
+    restricted: int
+    snapshot: str
+    saved: int
+    already_saved: int
+    rows: int
+    exempt_roles: list[str]
+
+
+class RestoreAccessResult(TypedDict):
+    """restore_access: rows set back, keys no longer in the table, rows not in the snapshot."""
+
+    restored: int
+    changed: int
+    missing: list[Any]
+    not_in_snapshot: int
+    snapshot: str
+
+
+class SelectiveRestoreResult(TypedDict):
+    """selective_restore: per table {restored, deleted, inserted}."""
+
+    tables: dict[str, dict[str, Any]]
+    new_fk_violations: int
+
+
+class DiffResult(TypedDict):
+    """diff: per table {added, removed, changed, keys_sample} or {only_in}."""
+
+    tables: dict[str, dict[str, Any]]
+    identical: bool
+
+
+class RollbackResult(TypedDict):
+    """transaction_rollback: the undone change_history rows, newest first."""
+
+    undone: int
+    by_table: dict[str, dict[str, int]]
+    undone_rows: list[dict[str, Any]]
+    recorded_by_triggers: int
+    new_fk_violations: int
+
+
+class GovernanceResult(TypedDict):
+    """governance_insert: the row id (an existing one when ``if_absent`` matched)."""
+
+    id: int
+    inserted: bool
+    table: str
+
+
+def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class SqliteOps:
+    """The agent's operations on one target, with typed params and results.
+
+    Every method takes ``timeout`` (seconds, killed on the target after it); paths are on
+    the target, relative to ``cwd``. Errors: ``SqliteAgentError`` and transport errors.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        python: str = "python3",
+        cwd: str | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.transport = transport
+        self.python = python
+        self.cwd = cwd
+        self.timeout = timeout
+
+    async def call(
+        self, op: str, params: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run ``op`` with ``params`` (None values dropped) and return its result."""
+        return await sqlite_op(
+            self.transport,
+            op,
+            _drop_none(params),
+            timeout=self.timeout if timeout is None else timeout,
+            python=self.python,
+            cwd=self.cwd,
+        )
+
+    async def integrity_check(
+        self,
+        db: str,
+        *,
+        quick: bool = False,
+        max_errors: int = 100,
+        immutable: bool = False,
+        timeout: float | None = None,
+    ) -> CheckResult:
+        """PRAGMA integrity_check (or quick_check); never raises for a damaged file."""
+        op = "quick_check" if quick else "integrity_check"
+        params = {"db": db, "max_errors": max_errors, "immutable": immutable}
+        return cast(CheckResult, await self.call(op, params, timeout=timeout))
+
+    async def foreign_key_check(
+        self, db: str, *, max_rows: int = 1000, timeout: float | None = None
+    ) -> FkCheckResult:
+        """PRAGMA foreign_key_check."""
+        params = {"db": db, "max_rows": max_rows}
+        return cast(FkCheckResult, await self.call("foreign_key_check", params, timeout=timeout))
+
+    async def record_counts(
+        self, db: str, tables: list[str] | None = None, *, timeout: float | None = None
+    ) -> CountsResult:
+        """Row counts of ``tables`` (every user table for None), in one read transaction."""
+        params = {"db": db, "tables": tables}
+        return cast(CountsResult, await self.call("record_counts", params, timeout=timeout))
+
+    async def query(
+        self,
+        db: str,
+        sql: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        max_rows: int = 1000,
+        write: bool = False,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """One statement with bound ``params``; read-only unless ``write`` (one transaction)."""
+        body = {"db": db, "sql": sql, "params": params, "max_rows": max_rows, "write": write}
+        return cast(QueryResult, await self.call("query", body, timeout=timeout))
+
+    async def content_hash(
+        self,
+        db: str,
+        tables: list[str] | None = None,
+        *,
+        immutable: bool = False,
+        timeout: float | None = None,
+    ) -> ContentHashResult:
+        """Logical content hash per table and in total (layout-independent)."""
+        params = {"db": db, "tables": tables, "immutable": immutable}
+        return cast(ContentHashResult, await self.call("content_hash", params, timeout=timeout))
+
+    async def verify(
+        self,
+        db: str,
+        *,
+        immutable: bool = False,
+        check: Literal["integrity_check", "quick_check"] = "integrity_check",
+        content_hash: bool = True,
+        timeout: float | None = None,
+    ) -> VerifyResult:
+        """Integrity check beside file sha256 + content hash + counts; ``ok`` says all passed."""
+        params = {"db": db, "immutable": immutable, "check": check, "content_hash": content_hash}
+        return cast(VerifyResult, await self.call("verify", params, timeout=timeout))
+
+    async def backup(
+        self,
+        db: str,
+        dest: str,
+        *,
+        verify: bool = False,
+        content_hash: bool = True,
+        timeout: float | None = None,
+    ) -> BackupResult:
+        """Consistent snapshot of ``db`` at ``dest`` (never overwritten), optionally verified."""
+        params = {"db": db, "dest": dest, "verify": verify, "content_hash": content_hash}
+        return cast(BackupResult, await self.call("backup", params, timeout=timeout))
+
+    async def list_backups(
+        self, folder: str, pattern: str = "*.db", *, limit: int = 100, timeout: float | None = None
+    ) -> ListBackupsResult:
+        """Files in ``folder`` matching ``pattern``, newest first, with size and header check."""
+        params = {"dir": folder, "pattern": pattern, "limit": limit}
+        return cast(ListBackupsResult, await self.call("list_backups", params, timeout=timeout))
+
+    async def restore(
+        self,
+        db: str,
+        backup: str,
+        *,
+        corrupted_dir: str | None = None,
+        expect_content_hash: str | None = None,
+        journal_mode: str | None = None,
+        verify_copy: Literal["sha256", "full"] = "sha256",
+        timeout: float | None = None,
+    ) -> RestoreResult:
+        """Full restore (verify first, keep the live db's copy, atomic swap); re-run safe."""
+        params = {
+            "db": db,
+            "backup": backup,
+            "corrupted_dir": corrupted_dir,
+            "expect_content_hash": expect_content_hash,
+            "journal_mode": journal_mode,
+            "verify_copy": verify_copy,
+        }
+        return cast(RestoreResult, await self.call("restore", params, timeout=timeout))
+
+    async def restrict_access(
+        self,
+        db: str,
+        snapshot: str,
+        *,
+        table: str = "user_permissions",
+        key: str = "user_id",
+        column: str = "access_level",
+        level: Any = "read_only",
+        exempt_roles: list[str] | None = None,
+        role_column: str = "role",
+        tag: str | None = None,
+        timeout: float | None = None,
+    ) -> RestrictResult:
+        """Save every row's level to ``snapshot`` first, then restrict non-exempt rows.
+
+        A re-run keeps the originals already saved (new rows are added to the snapshot);
+        an existing snapshot of another db or another ``tag`` (give the incident id) is
+        refused rather than trusted.
+        """
+        params = {
+            "db": db,
+            "snapshot": snapshot,
+            "table": table,
+            "key": key,
+            "column": column,
+            "level": level,
+            "exempt_roles": ["superuser", "emergency_admin"]
+            if exempt_roles is None
+            else exempt_roles,
+            "role_column": role_column,
+            "tag": tag,
+        }
+        return cast(RestrictResult, await self.call("restrict_access", params, timeout=timeout))
+
+    async def restore_access(
+        self, db: str, snapshot: str, *, timeout: float | None = None
+    ) -> RestoreAccessResult:
+        """Set every row's level back to the value saved in ``snapshot``."""
+        params = {"db": db, "snapshot": snapshot}
+        return cast(RestoreAccessResult, await self.call("restore_access", params, timeout=timeout))
+
+    async def selective_restore(
+        self,
+        db: str,
+        backup: str,
+        tables: list[str],
+        *,
+        keys: dict[str, list[Any]] | None = None,
+        key_columns: dict[str, str | list[str]] | None = None,
+        allow_fk_violations: bool = False,
+        timeout: float | None = None,
+    ) -> SelectiveRestoreResult:
+        """Strategy A: restore rows by key (or every differing row) from ``backup``."""
+        params = {
+            "db": db,
+            "backup": backup,
+            "tables": tables,
+            "keys": keys,
+            "key_columns": key_columns,
+            "allow_fk_violations": allow_fk_violations,
+        }
+        return cast(
+            SelectiveRestoreResult, await self.call("selective_restore", params, timeout=timeout)
+        )
+
+    async def diff(
+        self,
+        db: str,
+        other: str,
+        tables: list[str] | None = None,
+        *,
+        key_columns: dict[str, str | list[str]] | None = None,
+        sample: int = 20,
+        timeout: float | None = None,
+    ) -> DiffResult:
+        """Rows of ``db`` against ``other`` by primary key: added, removed, changed."""
+        params = {
+            "db": db,
+            "other": other,
+            "tables": tables,
+            "key_columns": key_columns,
+            "sample": sample,
+        }
+        return cast(DiffResult, await self.call("diff", params, timeout=timeout))
+
+    async def transaction_rollback(
+        self,
+        db: str,
+        *,
+        since_id: int | None = None,
+        since_time: str | None = None,
+        history_table: str = "change_history",
+        deployment: str | None = None,
+        ignore_drift: bool = False,
+        allow_fk_violations: bool = False,
+        timeout: float | None = None,
+    ) -> RollbackResult:
+        """Strategy B: undo change_history rows after a point, newest first, one transaction."""
+        params = {
+            "db": db,
+            "since_id": since_id,
+            "since_time": since_time,
+            "history_table": history_table,
+            "deployment": deployment,
+            "ignore_drift": ignore_drift,
+            "allow_fk_violations": allow_fk_violations,
+        }
+        return cast(RollbackResult, await self.call("transaction_rollback", params, timeout=timeout))
+
+    async def governance_insert(
+        self,
+        db: str,
+        record: dict[str, Any],
+        *,
+        table: str = "governance_logs",
+        if_absent: bool = False,
+        timeout: float | None = None,
+    ) -> GovernanceResult:
+        """Insert one governance row with bound values (objects stored as JSON text)."""
+        params = {"db": db, "record": record, "table": table, "if_absent": if_absent}
+        return cast(GovernanceResult, await self.call("governance_insert", params, timeout=timeout))
