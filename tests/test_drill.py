@@ -13,6 +13,8 @@ from bot.cli import main
 from bot.drill.run import print_result, run_drill
 from bot.lifecycle import Status
 
+HAVE_SSHD = bool(shutil.which("sshd")) or os.path.exists("/usr/sbin/sshd")
+
 
 @pytest.mark.parametrize("strategy", ["A", "B", "C"])
 async def test_drill_passes_for_each_strategy(strategy: str, tmp_path: Path) -> None:
@@ -33,7 +35,7 @@ async def test_drill_passes_for_each_strategy(strategy: str, tmp_path: Path) -> 
 
 
 async def test_drill_through_real_sshd(tmp_path: Path) -> None:
-    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()):
+    if not HAVE_SSHD:
         if os.environ.get("CI"):
             pytest.fail("sshd is required in CI")
         pytest.skip("sshd not installed: apt-get install openssh-server")
