@@ -586,7 +586,8 @@ def verify_file(
             out.update(content_hash=done["total"], tables=done["tables"], counts=done["counts"])
         else:
             out["counts"] = _counts(path, None, immutable)
-    except (sqlite3.DatabaseError, OpError) as exc:
+    except (sqlite3.DatabaseError, OpError, UnicodeDecodeError) as exc:
+        # A damaged schema can hold names that are not UTF-8: unreadable, so not verified.
         out["content_hash_error"] = f"{type(exc).__name__}: {exc}"
     messages = checker.get()
     ok = messages == ["ok"] and "content_hash_error" not in out

@@ -67,6 +67,11 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
         problem = await verify_token(client)
         if problem:
             problems.append(problem)
+        else:
+            from bot.roles import RoleDirectory
+
+            # User groups (by id or handle) must resolve, or their members could never approve.
+            problems += await RoleDirectory(cfg.roles, client).warm()
         problems += settings.secrets.problems()
     return sorted(set(problems), key=problems.index)
 

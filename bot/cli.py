@@ -45,6 +45,23 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot.audit import verify_chain
+
+    try:
+        check = verify_chain(Path(args.file))
+    except OSError as exc:
+        print(f"{args.file}: cannot read ({exc.strerror})", file=sys.stderr)
+        return 2
+    if check.ok:
+        print(f"{args.file}: {check.lines} lines, chain intact; head sha256 {check.head}")
+        return 0
+    print(f"{args.file}:{check.first_bad}: broken: {check.reason}", file=sys.stderr)
+    return 1
+
+
 def _check(args: argparse.Namespace) -> int:
     from bot.check import check_main
 
@@ -78,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate config and runbook, try SSH to each target and the Slack token")
     k.add_argument("--config", help="config file (default: $ROLLBACK_BOT_CONFIG)")
     k.set_defaults(func=_check)
+
+    au = sub.add_parser("audit", help="audit log tools")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    v = ausub.add_parser("verify", help="check the hash chain of an audit log; names the first broken line")
+    v.add_argument("file", help="the audit log (JSONL), e.g. logs/governance.jsonl")
+    v.set_defaults(func=_audit_verify)
     return p
 
 

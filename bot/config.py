@@ -10,6 +10,7 @@ the Web API elsewhere. Every problem is reported with the key it is about, e.g.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy
+from bot.clock_settings import ClockSettings
+from bot.records import RecordsConfig
+from bot.redaction import DEFAULT_PATTERNS
+from bot.stability import StabilitySettings
 from bot.targets import TargetSettings
 
 CONFIG_ENV = "ROLLBACK_BOT_CONFIG"
@@ -42,11 +47,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A user-group handle as Slack allows it (``@db-leads``; the ``@`` is optional in the config).
+_HANDLE = re.compile(r"^@?[a-z0-9][a-z0-9._-]{0,79}$")
+
+
+def is_group_id(group: str) -> bool:
+    """True for a user-group id (``S…``), False for a handle (``@db-leads``)."""
+    return group.startswith("S") and group[1:].isalnum() and group.isupper() and len(group) >= 3
+
+
 class RoleMembers(_Model):
-    """Who holds a role: Slack user ids and/or user-group ids (resolved at runtime)."""
+    """Who holds a role: Slack user ids and/or user groups by id or handle (resolved at runtime)."""
 
     users: list[str] = Field(default_factory=list, description="Slack user ids (U…/W…)")
-    groups: list[str] = Field(default_factory=list, description="Slack user-group ids (S…)")
+    groups: list[str] = Field(default_factory=list,
+                              description="user-group ids (S…) or handles (@db-leads), resolved with Slack")
 
     @field_validator("users")
     @classmethod
@@ -60,8 +75,8 @@ class RoleMembers(_Model):
     @classmethod
     def _group_ids(cls, v: list[str]) -> list[str]:
         for i, gid in enumerate(v):
-            if not (gid.startswith("S") and gid[1:].isalnum() and gid.isupper() and len(gid) >= 3):
-                raise ValueError(f"[{i}] {gid!r} is not a Slack user-group id (S…)")
+            if not (is_group_id(gid) or _HANDLE.match(gid)):
+                raise ValueError(f"[{i}] {gid!r} is neither a Slack user-group id (S…) nor a handle (@db-leads)")
         return v
 
 
@@ -114,6 +129,25 @@ class BotConfig(_Model):
     state_db: str = Field("rollback-bot.db", description="SQLite file or SQLAlchemy URL of the incident state")
     artifacts_dir: Path = Path("artifacts")
     time_scale: float = Field(1.0, gt=0, le=1.0, description="factor on every wait (1.0 in production)")
+    stability: StabilitySettings = Field(default_factory=lambda: StabilitySettings.model_validate({}),
+                                         description="thresholds and rates of the stability checks and watch")
+    clock: ClockSettings = Field(default_factory=lambda: ClockSettings.model_validate({}),
+                                 description="P2 deadline, P3 window, escalation, Phase 7 reminders")
+    jobs_db: str | None = Field(None, description="SQLAlchemy URL of the scheduled jobs; beside state_db when empty")
+    records: RecordsConfig = Field(default_factory=lambda: RecordsConfig.model_validate({}),
+                                   description="audit log, evidence archive, governance record, report")
+    redact: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
+                              description="regexes of secrets hidden in command output before it is stored or posted")
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact: {pattern!r} is not a valid regex: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> BotConfig:
@@ -216,6 +250,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> BotCon
             cfg.runbook = base / cfg.runbook
         if not cfg.artifacts_dir.is_absolute():
             cfg.artifacts_dir = base / cfg.artifacts_dir
+        cfg.records = cfg.records.resolved(base)
         if "://" not in cfg.state_db and not Path(cfg.state_db).is_absolute():
             cfg.state_db = str(base / cfg.state_db)
     return cfg

@@ -15,18 +15,24 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from actions.errors import ActionError, CommandFailed, CommandTimeout, HttpCheckFailed
+from actions.errors import ActionError, CommandFailed, CommandTimeout, HttpCheckFailed, SqliteOpFailed
 from actions.http import http_request
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
+from bot import timed_steps
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
+from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.record_steps import RECORD_STEPS, RecordContext, release_options
+from bot.record_steps import perform as perform_record
+from bot.records import Records, RecordsConfig
+from bot.redaction import Redactor, env_secrets
 from bot.runbook import (
     ApprovalStep,
     CaptureFrom,
@@ -37,8 +43,10 @@ from bot.runbook import (
     Phase,
     Runbook,
     SqliteStep,
+    StabilityStep,
     StepBase,
     WaitStep,
+    WindowStep,
 )
 from bot.store import Incident, StepRun, Store
 from bot.targets import TargetSettings
@@ -47,6 +55,8 @@ from bot.templating import TemplateError, lookup, render_shell, render_text, ren
 log = logging.getLogger(__name__)
 
 TAIL_CHARS = 2000
+#: SQLite operations that report problems as ``ok: false`` rather than as an error.
+CHECK_OPS = frozenset({"verify", "integrity_check", "quick_check", "foreign_key_check"})
 
 #: Answers a person may give, by what the step waits for.
 ANSWERS = {
@@ -105,6 +115,9 @@ class Engine:
         policies: Mapping[str, ApprovalPolicy] | None = None,
         on_change: OnChange | None = None,
         http: httpx.AsyncClient | None = None,
+        clock_host: timed_steps.ClockHost | None = None,
+        records: Records | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
         self.runbook = runbook
@@ -115,6 +128,15 @@ class Engine:
         self.on_change = on_change
         self._http = http
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Audit log, governance, evidence and report settings; by default beside the artifacts.
+        self.records = records or Records.open(RecordsConfig.model_validate(
+            {"audit_log": artifacts_dir / "governance.jsonl", "evidence_root": artifacts_dir / "evidence"}))
+        #: Copies the journal into the hash-chained audit log at every change.
+        self.audit = AuditSink(store, self.records.log)
+        #: The scheduler side of ``stability`` and ``window`` steps (see ``bot.timed_steps``).
+        self.clock_host = clock_host
+        #: Hides secrets in what the target prints before it is stored, posted or uploaded.
+        self.redact = redact or Redactor(values=env_secrets())
 
     # ------------------------------------------------------------ public API
 
@@ -125,6 +147,10 @@ class Engine:
             inc = await self._run(incident_id)
         await self._changed(incident_id)
         return inc
+
+    def lock(self, incident_id: str) -> asyncio.Lock:
+        """The lock that serialises changes to one incident's steps (scheduled jobs take it too)."""
+        return self._locks.setdefault(incident_id, asyncio.Lock())
 
     async def waiting_for(self, incident_id: str) -> Waiting | None:
         """What the incident waits for, if anything."""
@@ -231,6 +257,10 @@ class Engine:
         return self.policies.get("default", DEFAULT_POLICY)
 
     async def _changed(self, incident_id: str) -> None:
+        try:
+            await self.audit.flush()
+        except Exception:  # the journal keeps every event; the next flush catches up
+            log.exception("audit log flush for %s failed", incident_id)
         if self.on_change is not None:
             try:
                 await self.on_change(incident_id)
@@ -325,6 +355,8 @@ class Engine:
         if value == "abort":
             await self.store.apply(inc.id, Event.ABORT, actor=user, data={"step": step.id})
             return "end"
+        if kind == "stability_failed":
+            return await timed_steps.answer(self, inc, phase, step, run)
         if kind in ("choice", "manual"):
             captures = {"choice": value, "by": user}
             label = next((o["label"] for o in run.waiting.get("options", []) if o["value"] == value), value)
@@ -381,9 +413,14 @@ class Engine:
             waiting: dict[str, Any] = {"kind": kind, "prompt": prompt, "options": options}
             if isinstance(step, ChoiceStep) and step.default is not None:
                 waiting["default"] = render_text(step.default, ctx)
+            suggested = next((o["value"] for o in options if o.get("suggested")), None)
+            if suggested is not None and "default" not in waiting:
+                waiting["default"] = suggested
             await self.store.begin_step(inc.id, step.id, phase.id, status=StepStatus.WAITING,
                                         waiting=waiting)
             return "wait"
+        if isinstance(step, StabilityStep | WindowStep):
+            return await timed_steps.begin(self, inc, phase, step, ctx)
         # A machine step: the attempt is committed before its side effect begins.
         run = await self.store.begin_step(inc.id, step.id, phase.id)
         await self._changed(inc.id)
@@ -404,8 +441,8 @@ class Engine:
     async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
         out = ""
         if isinstance(exc, CommandFailed | CommandTimeout):
-            out = (exc.stdout + exc.stderr)[-TAIL_CHARS:]
-        error = f"{type(exc).__name__}: {exc}"
+            out = self.redact(exc.stdout + exc.stderr)[-TAIL_CHARS:]
+        error = self.redact(f"{type(exc).__name__}: {exc}")
         exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
         if step.on_failure == "continue":
             await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
@@ -431,6 +468,10 @@ class Engine:
         if isinstance(step, ManualStep):
             return _opts(ANSWERS["manual"])
         opts = [o.model_dump() for o in step.options]
+        if step.options_from is not None and step.options_from.op == "github_releases":
+            listed, pick = await release_options(self._record_context(inc, step),
+                                                 render_value(step.options_from.params, ctx))
+            return opts + [{**o, "suggested": "yes"} if o["value"] == pick else o for o in listed]
         if step.options_from is not None:
             target = self._target(inc, step)
             params = render_value(step.options_from.params, ctx)
@@ -455,6 +496,7 @@ class Engine:
         if isinstance(step, CommandStep):
             command = render_shell(step.run, ctx)
             res = await target.transport.run(command, timeout=step.timeout, cwd=target.settings.workdir)
+            res = replace(res, stdout=self.redact(res.stdout), stderr=self.redact(res.stderr))
             output = res.stdout + (("\n[stderr]\n" + res.stderr) if res.stderr else "")
             await self._artifact(inc, step, "log", output)
             result: dict[str, Any] = {"exit_status": res.exit_status, "stdout": res.stdout,
@@ -479,19 +521,31 @@ class Engine:
             if resp.status not in step.expect_status:
                 raise HttpCheckFailed(f"{step.method} {url} answered {resp.status}, expected "
                                       f"{step.expect_status}", status=resp.status, body=resp.text[-500:])
-            return result, resp.text[:TAIL_CHARS]
+            return result, self.redact(resp.text[:TAIL_CHARS])
         if isinstance(step, SqliteStep):
             params = render_value(step.params, ctx)
             params["db"] = render_text(step.db, ctx)
             out = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
                                   python=target.settings.python, cwd=target.settings.workdir)
-            text = json.dumps(out, indent=1, sort_keys=True, default=str)
+            text = self.redact(json.dumps(out, indent=1, sort_keys=True, default=str))
             await self._artifact(inc, step, "json", text)
+            if step.op in CHECK_OPS and out.get("ok") is False and step.on_failure != "continue":
+                # A check that finds a problem fails its step (the backup's verification stops the
+                # incident before any restore); "continue" steps record the result and go on.
+                raise SqliteOpFailed(f"sqlite {step.op} of {params['db']} found problems (ok: false)",
+                                     op=step.op, detail=text[-TAIL_CHARS:])
             return out, text
+        if isinstance(step, RECORD_STEPS):
+            return await perform_record(self._record_context(inc, step), inc, step, ctx)
         raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")
 
+    def _record_context(self, inc: Incident, step: StepBase) -> RecordContext:
+        target = self._target(inc, step)
+        return RecordContext(self.store, self.runbook, target.settings, target.transport, self.records,
+                             self.audit, self.time_scale, self._http, self._changed)
+
     def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
-        captures: dict[str, Any] = {}
+        captures: dict[str, Any] = {k: result[k] for k in getattr(step, "produces", ()) if k in result}
         for name, spec in step.captures.items():
             if isinstance(spec, CaptureFrom):
                 text = result.get(spec.source, "") if isinstance(result.get(spec.source), str) else output
@@ -509,7 +563,7 @@ class Engine:
         runs = await self.store.latest_runs(inc.id)
         attempt = runs[step.id].attempt if step.id in runs else 1
         path = folder / f"{step.id}.{attempt}.{ext}"
-        data = text.encode("utf-8", "replace")
+        data = self.redact(text).encode("utf-8", "replace")
         await asyncio.to_thread(path.write_bytes, data)
         await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
                                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))

@@ -230,6 +230,8 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
                                    data={"reason": "P4: no rollback needed", "explanation": matrix.explain()})
         services.publisher.request(inc.id)
         return
+    if services.clock is not None:
+        await services.clock.incident_opened(inc.id)  # P2 deadline, P3 window, approval expiry
     services.publisher.request(inc.id)
     services.run_incident(inc.id)
 
@@ -348,6 +350,8 @@ async def report_error(*, services: Services | None, error: BaseException, body:
         log.error("unexpected error [error id %s]", ref, exc_info=error)
         text = f"Something went wrong (error id `{ref}`); nothing more was done. The bot's log has the details."
     user, channel, thread = _where(body)
+    if ref is None:  # every refusal is on record, not only in the user's ephemeral
+        log.info("refused a request of %s in %s: %s", user, channel, text)
     if services is not None and user and channel:
         await ephemeral(services, channel=channel, user=user, text=text, thread_ts=thread)
     return ref

@@ -1,8 +1,9 @@
 """Who holds which role, from the config: Slack user ids and user groups.
 
-User groups are resolved with ``usergroups.users.list`` and cached for
-``refresh_seconds``; when Slack cannot answer, the last known members are used, and
-with nothing known the lookup fails loudly rather than guessing.
+User groups are given by id (``S…``) or by handle (``@db-leads``). A handle is turned
+into its id with ``usergroups.list``; members come from ``usergroups.users.list``. Both
+are cached for ``refresh_seconds``; when Slack cannot answer, the last known answer is
+used, and with nothing known the lookup fails loudly rather than guessing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import RoleMembers
+from bot.config import RoleMembers, is_group_id
 
 log = logging.getLogger(__name__)
+
+#: Least time between two listings of the user groups caused by an unknown handle.
+MISSING_HANDLE_SECONDS = 30.0
 
 
 class RoleLookupFailed(RuntimeError):
@@ -34,10 +38,50 @@ class RoleDirectory:
         self.client = client
         self.refresh_seconds = refresh_seconds
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._handles: tuple[float, dict[str, str]] | None = None
         self._lock = asyncio.Lock()
+        self._handle_lock = asyncio.Lock()
 
-    async def group_members(self, group_id: str) -> frozenset[str]:
-        """The members of a user group, cached."""
+    async def group_id(self, group: str) -> str:
+        """The id of a user group given by id or handle (``@db-leads``); handles cached."""
+        if is_group_id(group):
+            return group
+        handle = group.lstrip("@")
+        cached = self._handles
+        stale = cached is None or time.monotonic() - cached[0] >= self.refresh_seconds
+        if cached is not None and handle not in cached[1]:
+            # An unknown handle may be a group made since the last listing: look again, but
+            # not more than every MISSING_HANDLE_SECONDS (usergroups.list is Tier 2).
+            stale = stale or time.monotonic() - cached[0] >= min(self.refresh_seconds, MISSING_HANDLE_SECONDS)
+        if stale:
+            async with self._handle_lock:
+                if self._handles is cached:  # nobody refreshed it while we waited
+                    await self._refresh_handles()
+        known = self._handles[1] if self._handles else {}
+        if handle not in known:
+            raise RoleLookupFailed(f"user group @{handle} does not exist in this workspace")
+        return known[handle]
+
+    async def _refresh_handles(self) -> None:
+        if self.client is None:
+            raise RoleLookupFailed("user-group handles: no Slack client to resolve them")
+        try:
+            resp = await self.client.usergroups_list()
+        except (TimeoutError, SlackApiError, aiohttp.ClientError, OSError) as exc:
+            if self._handles is not None:
+                log.warning("user-group handles not refreshed (%s); using the last known ones", exc)
+                # Ask again in a while, not on every lookup while Slack is down.
+                retry_at = time.monotonic() - self.refresh_seconds + min(self.refresh_seconds, MISSING_HANDLE_SECONDS)
+                self._handles = (retry_at, self._handles[1])
+                return
+            raise RoleLookupFailed(f"user-group handles could not be resolved: {exc}") from exc
+        groups = resp.get("usergroups") or []
+        self._handles = (time.monotonic(), {str(g["handle"]): str(g["id"]) for g in groups
+                                            if g.get("handle") and g.get("id")})
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        """The members of a user group (by id or handle), cached."""
+        group_id = await self.group_id(group)
         cached = self._groups.get(group_id)
         if cached and time.monotonic() - cached[0] < self.refresh_seconds:
             return cached[1]

@@ -30,6 +30,9 @@ TARGET_FIELDS = frozenset(
         "export_url", "import_url", "pm_start", "pm_stop", "pm_restart", "pm_status",
         "python", "backup_pattern", "maintenance_message", "app_rollback_command",
         "previous_version", "smoke_test_command", "export_user",
+        # the application rollback (Phase 4): command variant or GitHub Actions
+        "app_rollback", "github_repo", "github_workflow", "github_api_url", "github_token_env",
+        "release_tag_pattern", "deployed_version", "deploy_environment",
     }
 )
 
@@ -233,7 +236,7 @@ class SqliteStep(StepBase):
 class OptionsFrom(_Model):
     """Options listed from the target when the choice is reached."""
 
-    op: Literal["list_backups", "query"]
+    op: Literal["list_backups", "query", "github_releases"]
     params: dict[str, Any] = Field(default_factory=dict)
     value: str = "path"
     label: str = "name"
@@ -293,8 +296,145 @@ class WaitStep(StepBase):
     seconds: float = Field(gt=0, le=24 * 3600)
 
 
+#: What a stability step captures at the end of its series (see ``bot.stability.summary``).
+STABILITY_CAPTURES = ("checks_count", "checks_ok", "checks_failed", "checks_missed", "checks_planned",
+                      "availability", "error_rate", "p50_ms", "p95_ms", "latency_limit_ms", "baseline_ms",
+                      "mode", "passed")
+
+
+class StabilityStep(StepBase):
+    """Scheduled health checks: ``gate`` (the plan's 15 x 1 minute, holds the next step on a
+    failure) or ``watch`` (the extended watch, silent unless a check fails). Unset numbers
+    come from the ``stability`` settings; ``baseline`` is a template giving the latency (ms)
+    measured before the rollback."""
+
+    kind: Literal["stability"]
+    mode: Literal["gate", "watch"] = "gate"
+    url: str = "{{ target.health_url }}"
+    headers: dict[str, str] = Field(default_factory=dict)
+    checks: int | None = Field(None, ge=1, le=1000)
+    interval: float | None = Field(None, gt=0, le=24 * 3600)
+    max_latency_ms: float | None = Field(None, gt=0)
+    baseline: str | None = None
+    baseline_multiple: float | None = Field(None, gt=1)
+    failures_allowed: int | None = Field(None, ge=0)
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+    status_field: str = "status"
+    expect_value: list[str] = Field(default_factory=lambda: ["ok"])
+    maintenance_step: str | None = Field(None, description="the earlier step that re-enables maintenance mode")
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Captures the step provides without declaring them."""
+        return STABILITY_CAPTURES
+
+    def template_refs(self) -> Iterator[Ref]:
+        yield from value_refs(self.url)
+        yield from value_refs(self.headers)
+        if self.baseline:
+            yield from value_refs(self.baseline)
+
+
+class WindowStep(StepBase):
+    """Waits for the next maintenance window (cron and time zone from the settings); a
+    decision other than the one in ``when`` skips it."""
+
+    kind: Literal["window"]
+
+
+#: What a github_workflow step captures (see ``bot.record_steps``).
+GITHUB_CAPTURES = ("run_id", "html_url", "status", "conclusion", "correlation_id", "ref", "title")
+
+
+class GithubWorkflowStep(StepBase):
+    """Dispatches a GitHub Actions workflow with a correlation id in ``correlation_input``
+    (the workflow puts it in its ``run-name``), finds the run and watches it to completion."""
+
+    kind: Literal["github_workflow"]
+    repo: str = "{{ target.github_repo }}"
+    workflow: str = "{{ target.github_workflow }}"
+    ref: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    correlation_input: str = Field("correlation_id", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
+    poll_seconds: float = Field(10, gt=0, le=600)
+    find_timeout: float = Field(180, gt=0, le=3600)
+
+    @property
+    def has_side_effect(self) -> bool:
+        return True
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Captures the step provides without declaring them."""
+        return GITHUB_CAPTURES
+
+    def template_refs(self) -> Iterator[Ref]:
+        yield from value_refs(self.repo)
+        yield from value_refs(self.workflow)
+        yield from value_refs(self.ref)
+        yield from value_refs(self.inputs)
+
+
+class GovernanceStep(StepBase):
+    """The plan's governance record: filled from the incident, inserted into the target's
+    governance table with bound values and appended to the local hash-chained log."""
+
+    kind: Literal["governance"]
+    db: str = "{{ target.db_path }}"
+    table: str = "governance_logs"
+
+    @property
+    def has_side_effect(self) -> bool:
+        return True
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Captures the step provides without declaring them."""
+        return ("row_id", "inserted", "anchor", "record_sha256", "chain_seq")
+
+    def template_refs(self) -> Iterator[Ref]:
+        return value_refs(self.db)
+
+
+class EvidenceStep(StepBase):
+    """The evidence archive: a folder named by the anchor with every tracked artifact,
+    the emergency backup (fetched or noted), summaries and a sha256 manifest."""
+
+    kind: Literal["evidence_archive"]
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Captures the step provides without declaring them."""
+        return ("path", "anchor", "files", "manifest_sha256")
+
+
+class ReportStep(StepBase):
+    """The post-incident report: Markdown, written to the archive and uploaded to the thread."""
+
+    kind: Literal["report"]
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Captures the step provides without declaring them."""
+        return ("report_path", "metrics", "overall", "manifest_sha256")
+
+
+class NotifyStep(StepBase):
+    """A stakeholder webhook (status page, another channel) at a milestone; the URL comes from
+    the environment variable ``url_env`` and the step is skipped when it is not set."""
+
+    kind: Literal["notify"]
+    url_env: str = Field("ROLLBACK_STAKEHOLDER_WEBHOOK", pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
+    text: str
+    on_failure: OnFailure = "continue"
+
+    def template_refs(self) -> Iterator[Ref]:
+        return value_refs(self.text)
+
+
 Step = Annotated[
-    CommandStep | HttpStep | SqliteStep | ChoiceStep | ManualStep | ApprovalStep | WaitStep,
+    CommandStep | HttpStep | SqliteStep | ChoiceStep | ManualStep | ApprovalStep | WaitStep | StabilityStep
+    | WindowStep | GithubWorkflowStep | GovernanceStep | EvidenceStep | ReportStep | NotifyStep,
     Field(discriminator="kind"),
 ]
 
@@ -405,7 +545,8 @@ def _describe(err: Any, skip: int) -> str:
     return f"{field}: {msg}" if field else msg
 
 
-_KINDS = {"command", "http", "sqlite", "choice", "manual", "approval", "wait"}
+_KINDS = {"command", "http", "sqlite", "choice", "manual", "approval", "wait", "stability", "window",
+          "github_workflow", "governance", "evidence_archive", "report", "notify"}
 
 
 def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
@@ -442,7 +583,10 @@ def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
                 bad = "no earlier choice step has this id"
             if bad:
                 problems.append((line, f"step {step.id!r}: bad reference {ref.path!r}: {bad}"))
-        captures[step.id] = set(step.captures)
+        if isinstance(step, StabilityStep) and step.maintenance_step and step.maintenance_step not in seen:
+            problems.append((line, f"step {step.id!r}: maintenance_step {step.maintenance_step!r} "
+                                   "is not an earlier step"))
+        captures[step.id] = set(step.captures) | set(getattr(step, "produces", ()))
         if isinstance(step, ChoiceStep):
             choices.add(step.id)
     return problems

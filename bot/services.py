@@ -14,11 +14,15 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy
+from bot.clock_flows import ClockRuntime, fan_out, mentions_for
 from bot.config import INCIDENT_COMMANDER, BotConfig
 from bot.engine import Engine, Target
 from bot.lifecycle import Status
+from bot.records import Records
+from bot.redaction import SECRET_ENV, Redactor, env_secrets
 from bot.roles import RoleDirectory
 from bot.runbook import Runbook, default_runbook, load_runbook
+from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
 from bot.store import Store
 from bot.targets import open_transport
@@ -42,6 +46,7 @@ class Services:
     publisher: ThreadPublisher
     client: AsyncWebClient
     targets: dict[str, Target]
+    clock: ClockRuntime | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
@@ -103,12 +108,21 @@ class Services:
         for problem in await self.roles.warm():
             log.warning("%s", problem)
         await self.publisher.catch_up()
+        await self.engine.audit.flush()  # events journaled while the bot was down
         for inc in await self.store.incidents(active_only=True):
             if inc.status in (Status.RUNNING,):
                 self.run_incident(inc.id)
+        if self.clock is not None:
+            await self.clock.start()  # jobs that fell while the bot was down run now
+
+    async def kick(self, incident_id: str) -> None:
+        """Let the engine go on with an incident (scheduled jobs call this)."""
+        self.run_incident(incident_id)
 
     async def close(self) -> None:
         """Stop background work, close transports and the store."""
+        if self.clock is not None:
+            await self.clock.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -116,11 +130,12 @@ class Services:
         await self.publisher.close()
         for target in self.targets.values():
             await target.transport.close()
+        await self.engine.audit.flush()
         await self.store.close()
 
 
-async def build_services(config: BotConfig, client: AsyncWebClient) -> Services:
-    """Open the store and transports and wire the engine to the thread publisher."""
+async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Clock | None = None) -> Services:
+    """Open the store and transports and wire the engine to the thread publisher and the scheduler."""
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
     store = await Store.open(config.state_db)
@@ -130,8 +145,18 @@ async def build_services(config: BotConfig, client: AsyncWebClient) -> Services:
                                 retry_max=config.slack.retry_max_seconds,
                                 upload_over=config.slack.upload_over_bytes)
     config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # Relative record paths were taken from the config file's folder; without one, beside the artifacts.
+    records = Records.open(config.records.resolved(config.artifacts_dir.parent))
+    secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets)])
     engine = Engine(store, runbook, targets, artifacts_dir=config.artifacts_dir, time_scale=config.time_scale,
-                    policies={"default": policy}, on_change=publisher.on_change)
+                    policies={"default": policy}, on_change=publisher.on_change, records=records,
+                    redact=Redactor(config.redact, secrets))
     roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
-    return Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
-                    publisher=publisher, client=client, targets=targets)
+    services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
+                        publisher=publisher, client=client, targets=targets)
+    jobs = JobScheduler(config.jobs_db or jobs_url(config.state_db), clock=clock, time_scale=config.time_scale)
+    services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
+                                  policy=policy, kick=services.kick, mention=mentions_for(config.roles))
+    engine.clock_host = services.clock
+    engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
+    return services

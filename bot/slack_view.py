@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -41,8 +43,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
 from bot.lifecycle import FINAL, Status
-from bot.runbook import Runbook
-from bot.store import Approval, Artifact, Incident, StepRun, Store
+from bot.report import metrics_text
+from bot.runbook import ReportStep, Runbook
+from bot.store import Approval, Artifact, Incident, JournalEvent, StabilityCheck, StepRun, Store
 from bot.viewmodel import SYMBOLS, IncidentView, PhaseView, build, short
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,10 @@ def render_root(inc: Incident) -> Rendered:
         lines.append(f"*P4 overridden by* <@{inputs['override']['by']}>: {_esc(inputs['override']['reason'])}")
     if inputs.get("description"):
         lines.append("*Description:* " + _esc(str(inputs["description"])))
+    if inputs.get("deadline"):
+        lines.append(f"*Deadline:* {_when(dt.datetime.fromisoformat(inputs['deadline']))} (P2: within 2 hours)")
+    if isinstance(inputs.get("window"), dict):
+        lines.append(f"*Scheduled:* maintenance window {_esc(str(inputs['window'].get('label', '')))}")
     status = f"*Status:* {STATUS_WORDS.get(inc.status, inc.status.value)}"
     if inc.status is Status.CLOSED:
         status += " — P4: recorded, no rollback needed"
@@ -274,7 +281,7 @@ def render_question(inc: Incident, run: StepRun, *, title: str, guidance: str, c
     w = run.waiting or {}
     kind = w.get("kind", "choice")
     options: list[dict[str, str]] = list(w.get("options", []))
-    icon = {"choice": "🔀", "manual": "☑️", "failure": "❌", "resume": "⚠️"}.get(kind, "❓")
+    icon = {"choice": "🔀", "manual": "☑️", "failure": "❌", "resume": "⚠️", "stability_failed": "⛔"}.get(kind, "❓")
     prompt = str(w.get("prompt") or title)
     lines = [f"{icon} *{_esc(prompt)}*"]
     if kind == "choice" and guidance:
@@ -285,7 +292,9 @@ def render_question(inc: Incident, run: StepRun, *, title: str, guidance: str, c
             lines.append(f"• *{_esc(o['label'])}*{desc}")
         if w.get("default"):
             lines.append(f"_Suggested: {_esc(str(w['default']))}_")
-    if kind in ("failure", "resume") and (w.get("error") or run.error):
+    if w.get("mention") and kind == "stability_failed":
+        lines.insert(0, str(w["mention"]))  # the incident commander, notified by this new post
+    if kind in ("failure", "resume", "stability_failed") and (w.get("error") or run.error):
         lines.append(f"*Error:* {_esc(short(str(w.get('error') or run.error), 400))}")
     blocks = _sections(lines)
     if kind == "failure" and run.output_tail.strip():
@@ -346,17 +355,20 @@ class ThreadState:
     runs: list[StepRun]
     approvals: list[Approval]
     artifacts: list[Artifact]
+    checks: list[StabilityCheck] = field(default_factory=list)
+    events: list[JournalEvent] = field(default_factory=list)
 
 
 async def load_state(store: Store, runbook: Runbook, incident_id: str) -> ThreadState:
-    """Read the incident, its step runs, clicks and artifacts."""
+    """Read the incident, its step runs, clicks, artifacts, stability checks and journal."""
     inc = await store.incident(incident_id)
     runs = await store.step_runs(incident_id)
     latest: dict[str, StepRun] = {}
     for r in runs:
         latest[r.step_id] = r
     return ThreadState(inc, build(runbook, inc, latest), runs, await store.approvals(incident_id),
-                       await store.artifacts(incident_id))
+                       await store.artifacts(incident_id), await store.stability_checks(incident_id),
+                       await store.events(incident_id))
 
 
 def _destructive_after(runbook: Runbook, step_id: str) -> list[str]:
@@ -371,13 +383,16 @@ def _destructive_after(runbook: Runbook, step_id: str) -> list[str]:
 def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolicy, *,
                      upload_over: int = 3500) -> list[Rendered]:
     """Every message the thread should hold, in thread order."""
+    from bot import clock_view  # it renders with this module's helpers
+
     inc = state.incident
-    out = [render_root(inc)]
+    out = [render_root(inc), *clock_view.schedule_messages(state)]
     latest = {r.step_id: r for r in state.runs}
     phases = {p.id: p for p in runbook.phases}
     questions: dict[str, list[StepRun]] = {}
     for r in state.runs:
-        if r.waiting and r.waiting.get("kind") != "approval":
+        # Timed steps (stability series, maintenance window) have messages of their own.
+        if r.waiting and r.waiting.get("kind") not in ("approval", "stability", "window"):
             questions.setdefault(r.phase_id, []).append(r)
     files: dict[int, Artifact] = {}
     for r in state.runs:
@@ -399,7 +414,10 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
         if pv.status == "pending":
             continue
         out.append(render_phase(pv, phases[pv.id].timeline))
+        series = clock_view.series_messages(state, runbook, pv.id)  # in run order, among the questions
         for r in questions.get(pv.id, []):
+            while series and series[0][0] <= r.id:
+                out.append(series.pop(0)[1])
             step = runbook.step(r.step_id)
             current = latest.get(r.step_id) is r and r.answer is None
             out.append(render_question(inc, r, title=step.title, guidance=step.guidance, current=current,
@@ -407,6 +425,7 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
                                        uploaded=r.id in files))
             if r.id in files:
                 out.append(Rendered(f"file:{r.id}", f"Output of {step.title}", file=Path(files[r.id].path)))
+        out += [msg for _, msg in series]
         for r in state.runs:
             if r.phase_id == pv.id and r.id in files and not r.waiting:
                 step = runbook.step(r.step_id)
@@ -420,8 +439,19 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
             out.append(render_milestone("milestone:restored",
                                         f"💾 *{inc.id}*: database restoration done"
                                         + (f" ({'; '.join(facts)})" if facts else "") + "."))
+    out += clock_view.clock_messages(state)
     if inc.status in FINAL:
-        out.append(render_milestone("milestone:end", _final_line(state)))
+        report_id = next((s.id for _, s in runbook.steps() if isinstance(s, ReportStep)), None)
+        report = latest.get(report_id) if report_id else None
+        done = report is not None and report.status.value == "done"
+        if done and report is not None and report.captures.get("report_path"):
+            out.append(Rendered("file:report", f"{inc.id}: post-incident report",
+                                file=Path(str(report.captures["report_path"]))))
+        end = render_milestone("milestone:end", _final_line(state))
+        if done and report is not None and report.captures.get("metrics"):
+            end.blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(metrics_text(
+                list(report.captures["metrics"]), str(report.captures.get("overall") or ""))))))
+        out.append(end)
     return out
 
 
@@ -447,6 +477,12 @@ def _final_line(state: ThreadState) -> str:
 
 # ---------------------------------------------------------------- publishing
 
+#: Metadata event type on every message the bot posts, to find it again after a lost answer.
+POST_EVENT = "rollback_bot_message"
+#: Errors of conversations.history / .replies that mean "the bot may not look" (not "try later").
+NO_READ_BACK = ("missing_scope", "not_in_channel", "channel_not_found", "thread_not_found", "not_allowed_token_type")
+READ_BACK_PAGES = 10
+
 #: Errors that mean "Slack did not take it now; try again later".
 TRANSIENT = (SlackApiError, SlackRequestError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -457,6 +493,7 @@ class ThreadPublisher:
     def __init__(self, *, client: AsyncWebClient, store: Store, runbook: Runbook, policy: ApprovalPolicy,
                  update_interval: float = 1.0, retry_max: float = 30.0, upload_over: int = 3500) -> None:
         self.client = client
+        self._poster = _never_resend(client)
         self.store = store
         self.runbook = runbook
         self.policy = policy
@@ -545,11 +582,27 @@ class ThreadPublisher:
                 if have is not None and have.get("hash") == digest:
                     continue
                 if msg.file is not None:
-                    if have is None and thread_ts:
-                        await self._upload(inc, thread_ts, msg)
+                    if thread_ts and (have is None or have.get("pending")):
+                        if have is None or not await self._find_upload(inc, thread_ts, msg):
+                            # Intent first: if the answer is lost, the next pass looks before it uploads again.
+                            sent[msg.key] = {"ts": "", "hash": "", "pending": "upload"}
+                            await self._save(incident_id, view, sent)
+                            await self._upload(inc, thread_ts, msg)
                         sent[msg.key] = {"ts": "", "hash": digest}
                         await self._save(incident_id, view, sent)
                     continue
+                if have is not None and have.get("pending"):
+                    # A post whose answer was lost may be in Slack: adopt it rather than post twice.
+                    found = await self._find_post(inc, thread_ts, msg, have)
+                    have = {"ts": found, "hash": have.get("posted", "")} if found else None
+                    if have is not None:
+                        sent[msg.key] = have
+                        if msg.in_channel and not thread_ts:
+                            thread_ts = found
+                            await self.store.update_incident(incident_id, thread_ts=found)
+                        await self._save(incident_id, view, sent)
+                        if have["hash"] == digest:
+                            continue
                 if have is not None:
                     await self.client.chat_update(channel=inc.channel, ts=have["ts"], text=msg.text,
                                                   blocks=msg.payload())
@@ -562,8 +615,15 @@ class ThreadPublisher:
                         kwargs["thread_ts"] = thread_ts
                         if msg.broadcast:
                             kwargs["reply_broadcast"] = True
-                    resp = await self.client.chat_postMessage(channel=inc.channel, text=msg.text,
-                                                              blocks=msg.payload(), **kwargs)
+                    nonce = uuid.uuid4().hex[:12]
+                    sent[msg.key] = {"ts": "", "hash": "", "pending": nonce, "posted": digest,
+                                     "at": f"{time.time():.3f}"}
+                    await self._save(incident_id, view, sent)
+                    resp = await self._poster.chat_postMessage(
+                        channel=inc.channel, text=msg.text, blocks=msg.payload(),
+                        metadata={"event_type": POST_EVENT,
+                                  "event_payload": {"incident": inc.id, "key": msg.key, "nonce": nonce}},
+                        **kwargs)
                     ts = str(resp["ts"])
                     sent[msg.key] = {"ts": ts, "hash": digest}
                     if msg.in_channel:
@@ -583,8 +643,62 @@ class ThreadPublisher:
         if not msg.file.exists():
             log.warning("%s: artifact %s is gone; not uploaded", inc.id, msg.file)
             return
-        await self.client.files_upload_v2(channel=inc.channel, thread_ts=thread_ts, file=str(msg.file),
-                                          filename=msg.file.name, title=clip(msg.text, 200))
+        await self._poster.files_upload_v2(channel=inc.channel, thread_ts=thread_ts, file=str(msg.file),
+                                           filename=msg.file.name, title=clip(msg.text, 200))
+
+    async def _find_post(self, inc: Incident, thread_ts: str | None, msg: Rendered,
+                         have: dict[str, str]) -> str | None:
+        """The ts of this message if an earlier post of it reached Slack (found by its metadata)."""
+        assert inc.channel is not None
+        if not msg.in_channel and not thread_ts:
+            return None
+        oldest = f"{float(have.get('at') or 0) - 120:.6f}"
+        for m in await self._read_back(inc.channel, None if msg.in_channel else thread_ts, oldest=oldest):
+            meta = m.get("metadata") or {}
+            payload = meta.get("event_payload") or {}
+            if meta.get("event_type") == POST_EVENT and payload.get("incident") == inc.id \
+                    and payload.get("key") == msg.key:
+                return str(m["ts"])
+        return None
+
+    async def _find_upload(self, inc: Incident, thread_ts: str, msg: Rendered) -> bool:
+        """True if an earlier upload of this file reached the thread (found by its file name)."""
+        assert inc.channel is not None and msg.file is not None
+        return any(f.get("name") == msg.file.name
+                   for m in await self._read_back(inc.channel, thread_ts) for f in m.get("files") or [])
+
+    async def _read_back(self, channel: str, thread_ts: str | None, *, oldest: str = "0") -> list[dict[str, Any]]:
+        """The thread's replies (or the channel's recent messages), with metadata; [] if not allowed."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        try:
+            for _ in range(READ_BACK_PAGES):
+                if thread_ts:
+                    resp = await self.client.conversations_replies(channel=channel, ts=thread_ts, cursor=cursor,
+                                                                   include_all_metadata=True, limit=200)
+                else:
+                    resp = await self.client.conversations_history(channel=channel, oldest=oldest, cursor=cursor,
+                                                                   include_all_metadata=True, limit=200)
+                out += resp.get("messages") or []
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    break
+        except SlackApiError as exc:
+            if exc.response.get("error") not in NO_READ_BACK:
+                raise
+            # Without the history scope the bot cannot look: it posts again, which may double.
+            log.warning("cannot read back %s (%s); posting again may show a message twice",
+                        channel, exc.response.get("error"))
+        return out
+
+
+def _never_resend(client: AsyncWebClient) -> AsyncWebClient:
+    """A copy of ``client`` for posts and uploads: it retries only 429s (Slack took nothing then),
+    never a request whose answer was lost; the publisher looks before it posts again."""
+    return AsyncWebClient(token=client.token, base_url=client.base_url, timeout=client.timeout,
+                          session=client.session, headers=dict(client.headers),
+                          retry_handlers=[h for h in client.retry_handlers
+                                          if isinstance(h, AsyncRateLimitErrorRetryHandler)])
 
 
 def _brief(exc: BaseException) -> str:

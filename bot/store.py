@@ -90,6 +90,25 @@ journal = sa.Table(
     sa.Column("data", sa.JSON, nullable=False, default=dict),
 )
 
+# One row per stability check of a series (a step run of kind ``stability``): the unique
+# (run, index) pair means a check is recorded once, whether it ran or was missed.
+stability_checks = sa.Table(
+    "stability_checks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("run_id", sa.ForeignKey("step_runs.id"), nullable=False),
+    sa.Column("step_id", sa.String(64), nullable=False),
+    sa.Column("index", sa.Integer, nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("outcome", sa.String(8), nullable=False),  # ok | failed | missed
+    sa.Column("status_code", sa.Integer),
+    sa.Column("body_status", sa.String(64)),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.UniqueConstraint("run_id", "index"),
+)
+
 artifacts = sa.Table(
     "artifacts", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -196,6 +215,24 @@ class JournalEvent:
     actor: str | None
     step_id: str | None
     data: dict[str, Any]
+
+
+@dataclass
+class StabilityCheck:
+    """One stability check of a series: ok, failed, or missed while the bot was down."""
+
+    id: int
+    incident_id: str
+    run_id: int
+    step_id: str
+    index: int
+    due_at: dt.datetime
+    at: dt.datetime
+    outcome: str
+    status_code: int | None
+    body_status: str | None
+    latency_ms: float | None
+    reason: str
 
 
 @dataclass
@@ -481,6 +518,29 @@ class Store:
                 sa.select(journal).where(journal.c.incident_id == incident_id).order_by(journal.c.id)
             )).all()
         return [_row(JournalEvent, r) for r in rows]
+
+    async def add_stability_check(self, check: StabilityCheck) -> bool:
+        """Record a check once (journaled too); False when that check was already recorded."""
+        values = {k: v for k, v in check.__dict__.items() if k != "id"}
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(stability_checks.insert().values(**values))
+                await conn.execute(journal.insert().values(
+                    incident_id=check.incident_id, at=check.at, kind="stability_check", step_id=check.step_id,
+                    data=_jsonable({k: v for k, v in values.items() if k not in ("incident_id", "step_id")}),
+                ))
+        except IntegrityError:
+            return False
+        return True
+
+    async def stability_checks(self, incident_id: str, run_id: int | None = None) -> list[StabilityCheck]:
+        """The recorded checks of an incident (or of one series), in series order."""
+        q = sa.select(stability_checks).where(stability_checks.c.incident_id == incident_id)
+        if run_id is not None:
+            q = q.where(stability_checks.c.run_id == run_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q.order_by(stability_checks.c.run_id, stability_checks.c.index))).all()
+        return [_row(StabilityCheck, r) for r in rows]
 
     async def add_artifact(
         self, incident_id: str, *, step_id: str | None, name: str, path: str, sha256: str, size: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,11 +45,39 @@ class TargetSettings(BaseModel):
     app_rollback_command: str = ""
     previous_version: str = ""
     smoke_test_command: str = ""
+    # Phase 4, the application rollback: a plain command (check out the tag, reload the
+    # process manager) or a GitHub Actions workflow; unset means "command" when one is given.
+    app_rollback: Literal["none", "command", "github"] | None = Field(
+        default=None, description="how the app is rolled back: none, command (app_rollback_command) or github")
+    github_repo: str = Field(default="", description="owner/name of the repository with the deploy workflow")
+    github_workflow: str = Field(default="deploy-production.yml", description="workflow file name or id")
+    github_api_url: str = Field(default="https://api.github.com",
+                                description="REST API base (GitHub Enterprise: …/api/v3)")
+    github_token_env: str = Field(default="GITHUB_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$",
+                                  description="environment variable holding the GitHub token")
+    release_tag_pattern: str = Field(default=r"^v\d+\.\d+\.\d+$",
+                                     description="regex of the tags that may be rolled back to")
+    deployed_version: str = Field(default="", description="the bad version being rolled back (tag)")
+    deploy_environment: str = "production"
 
     @model_validator(mode="after")
     def _ssh_needs_keys(self) -> TargetSettings:
         if self.transport == "ssh" and (self.key_file is None or self.known_hosts is None):
             raise ValueError(f"target {self.name!r}: ssh needs 'key_file' and 'known_hosts'")
+        return self
+
+    @model_validator(mode="after")
+    def _app_rollback(self) -> TargetSettings:
+        if self.app_rollback is None:
+            self.app_rollback = "command" if self.app_rollback_command else "none"
+        if self.app_rollback == "command" and not self.app_rollback_command:
+            raise ValueError(f"target {self.name!r}: app_rollback 'command' needs 'app_rollback_command'")
+        if self.app_rollback == "github" and "/" not in self.github_repo:
+            raise ValueError(f"target {self.name!r}: app_rollback 'github' needs 'github_repo' (owner/name)")
+        try:
+            re.compile(self.release_tag_pattern)
+        except re.error as exc:
+            raise ValueError(f"target {self.name!r}: release_tag_pattern: {exc}") from None
         return self
 
     def template_values(self) -> dict[str, Any]:

@@ -76,9 +76,16 @@ def render(template: str, context: Mapping[str, Any], *, quote: Callable[[str], 
     return _PLACEHOLDER.sub(sub, template)
 
 
+def _shell_quote(text: str) -> str:
+    # No quoting carries a NUL through bash: refuse it here, as a step failure, not a crash later.
+    if "\0" in text:
+        raise TemplateError("a value with a NUL byte cannot be passed to a shell command")
+    return shlex.quote(text)
+
+
 def render_shell(template: str, context: Mapping[str, Any]) -> str:
-    """Render a shell command: every substituted value is shell-quoted."""
-    return render(template, context, quote=shlex.quote)
+    """Render a shell command: every substituted value is shell-quoted (a NUL byte is refused)."""
+    return render(template, context, quote=_shell_quote)
 
 
 def render_text(template: str, context: Mapping[str, Any]) -> str:

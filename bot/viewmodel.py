@@ -27,7 +27,7 @@ SYMBOLS = {
 #: Capture names worth showing beside a step, in this order.
 KEY_FACTS = ("path", "file_sha256", "sha256", "content_hash", "ok", "counts", "restricted",
              "restored", "choice", "label", "status", "latency_ms", "undone", "restored_from",
-             "corrupted_copy", "approvers")
+             "corrupted_copy", "approvers", "conclusion", "html_url", "row_id", "anchor", "overall")
 
 
 @dataclass

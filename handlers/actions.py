@@ -7,7 +7,8 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import incidents
+from bot import clock_slack, incidents
+from bot.clock_view import CLOCK_ACTIONS
 from bot.slack_view import ANSWER, APPROVE, REJECT
 
 
@@ -47,8 +48,18 @@ async def answer(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], co
         services=services, value=value, action_ts=action.get("action_ts", ""), **_where(body)))
 
 
+async def clock(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Cancel a scheduled rollback, or mark a Phase 7 item done."""
+    await ack()
+    services = context["services"]
+    incidents.background(services=services, body=body, work=clock_slack.clock_click(
+        services=services, action_id=action.get("action_id", ""), value=action.get("value", ""),
+        action_ts=action.get("action_ts", ""), **_where(body)))
+
+
 def register(app: AsyncApp) -> None:
     """Attach the block action listeners."""
     app.action(APPROVE)(approve)
     app.action(REJECT)(reject)
     app.action(re.compile(f"^{ANSWER}_"))(answer)
+    app.action(re.compile(f"^{CLOCK_ACTIONS}"))(clock)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,23 @@ import pytest
 from actions.local import LocalTransport
 from actions.ssh import SSHTransport
 from tests.sshd import SshdTarget, SshdUnavailable, make_ssh_transport, start_sshd
+
+#: Figure lines of the proof suite (``tests/test_proof_*.py``), printed at the end of the run.
+PROOF_LINES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def proof_report() -> Callable[[str], None]:
+    """Register one figure line (e.g. ``crash: 30/30``) for the end-of-session summary."""
+    return PROOF_LINES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the proof suite's figures, one line each, whatever pytest captured."""
+    if PROOF_LINES:
+        terminalreporter.section("proof figures")
+        for line in PROOF_LINES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

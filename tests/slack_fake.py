@@ -34,8 +34,10 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
 
     Web API methods: auth.test, chat.postMessage, chat.update, chat.delete,
         chat.postEphemeral, views.open, views.update, users.info, usergroups.list,
-        usergroups.users.list, conversations.info, files.getUploadURLExternal (+ the
-        upload POST), files.completeUploadExternal, apps.connections.open.
+        usergroups.users.list, conversations.info, conversations.history,
+        conversations.replies (metadata only with include_all_metadata; ``limit``/``cursor``
+        pages), files.getUploadURLExternal (+ the upload POST), files.completeUploadExternal,
+        apps.connections.open.
         Bodies: form-encoded, multipart or JSON; token from ``Authorization: Bearer``
         (or a ``token`` form field). Missing token -> not_authed, wrong token ->
         invalid_auth, bot token on apps.connections.open (or app token elsewhere) ->
@@ -89,6 +91,8 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
             the next ``times`` calls of ``method`` (any method if None), or every call for
             ``seconds`` if given, answer 429 {"ok":false,"error":"ratelimited"} + Retry-After
         fake.clear_rate_limits()
+        fake.lose_responses(method, times=1)   the next ``times`` calls of ``method`` take effect, then
+                                         the connection drops before the answer (a lost response)
         fake.down(seconds, mode="503")   503 {"ok":false,"error":"service_unavailable"} for a while;
                                          mode="refuse": the port stops listening and open
                                          connections are dropped (websockets too)
@@ -139,7 +143,8 @@ DEFAULT_BOT_TOKEN = "xoxb-0000000001-fake-bot-token"
 DEFAULT_APP_TOKEN = "xapp-1-A0FAKEAPP1-0000000001-fake-app-token"
 DEFAULT_SIGNING_SECRET = "fake-signing-secret-0123456789abcdef"
 
-ALL_BOT_SCOPES = ("commands", "chat:write", "users:read", "usergroups:read", "files:write", "channels:read")
+ALL_BOT_SCOPES = ("commands", "chat:write", "users:read", "usergroups:read", "files:write", "channels:read",
+                  "channels:history")
 
 #: Bot scope each Web API method needs (None: no scope; apps.connections.open uses the app token).
 METHOD_SCOPES: dict[str, str | None] = {
@@ -154,6 +159,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "usergroups.list": "usergroups:read",
     "usergroups.users.list": "usergroups:read",
     "conversations.info": "channels:read",
+    "conversations.history": "channels:history",
+    "conversations.replies": "channels:history",
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
     "apps.connections.open": None,
@@ -628,6 +635,7 @@ class SlackFake:
                 self.add_usergroup(gid, list(gspec))
 
         self._rate_limits: list[_RateLimit] = []
+        self._lost: list[list[Any]] = []  # [method, remaining]: answers dropped after the effect
         self._down_until: float | None = None
         self._down_mode: Literal["503", "refuse"] = "503"
         self._restart_task: asyncio.Task[None] | None = None
@@ -651,6 +659,8 @@ class SlackFake:
             "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
             "apps.connections.open": self._apps_connections_open,
@@ -762,6 +772,17 @@ class SlackFake:
                 method=method, remaining=None if seconds is not None else times, until=until, retry_after=retry_after
             )
         )
+
+    def lose_responses(self, method: str, times: int = 1) -> None:
+        """Carry out the next ``times`` calls of ``method``, then drop the connection instead of answering."""
+        self._lost.append([method, times])
+
+    def _lose(self, method: str) -> bool:
+        for rule in self._lost:
+            if rule[0] == method and rule[1] > 0:
+                rule[1] -= 1
+                return True
+        return False
 
     def clear_rate_limits(self) -> None:
         """Drop every pending rate-limit rule."""
@@ -1010,6 +1031,10 @@ class SlackFake:
         except _ApiError as err:
             call.error = err.error
             result = {"ok": False, "error": err.error, **err.extra}
+        if call.error is None and self._lose(method):
+            response = self._drop(request, call)
+            call.error = "response_lost"  # the effect happened; the caller never hears of it
+            return response
         return web.json_response(result, headers=self._headers())
 
     def _drop(self, request: web.Request, call: Call) -> web.StreamResponse:
@@ -1405,6 +1430,53 @@ class SlackFake:
                 "context_team_id": self.team_id,
             },
         }
+
+    def _history_entry(self, msg: Message, with_metadata: bool) -> dict[str, Any]:
+        out = msg.to_slack()
+        if not with_metadata:
+            out.pop("metadata", None)
+        if msg.files:
+            out["files"] = [
+                {"id": f, "name": self._files_by_id[f].filename, "title": self._files_by_id[f].title}
+                for f in msg.files
+                if f in self._files_by_id
+            ]
+        return out
+
+    @staticmethod
+    def _page(items: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        limit = int(_str_param(params, "limit") or 100)
+        start = int(_str_param(params, "cursor") or 0)
+        page = items[start : start + max(1, min(limit, 1000))]
+        nxt = start + len(page)
+        more = nxt < len(items)
+        return {"ok": True, "messages": page, "has_more": more,
+                "response_metadata": {"next_cursor": str(nxt) if more else ""}}
+
+    def _conversations_history(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        cid = self._channel_id(_str_param(params, "channel"))
+        if cid is None:
+            raise _ApiError("channel_not_found")
+        oldest = float(_str_param(params, "oldest") or 0)
+        latest = float(_str_param(params, "latest") or math.inf)
+        meta = _truthy(params.get("include_all_metadata", False))
+        shown = [
+            self._history_entry(m, meta)
+            for m in reversed(self.messages(cid))
+            if (not m.is_reply or m.reply_broadcast) and oldest < float(m.ts) < latest
+        ]
+        return self._page(shown, params)
+
+    def _conversations_replies(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        cid = self._channel_id(_str_param(params, "channel"))
+        if cid is None:
+            raise _ApiError("channel_not_found")
+        parent = self._by_ts.get((cid, _str_param(params, "ts") or ""))
+        if parent is None or parent.deleted:
+            raise _ApiError("thread_not_found")
+        meta = _truthy(params.get("include_all_metadata", False))
+        root = parent.thread_ts if parent.is_reply and parent.thread_ts else parent.ts
+        return self._page([self._history_entry(m, meta) for m in self.thread(cid, root)], params)
 
     def _files_get_upload_url(self, params: Mapping[str, Any]) -> dict[str, Any]:
         filename = _str_param(params, "filename")

@@ -13,13 +13,15 @@ from bot.cli import main
 from bot.drill.run import print_result, run_drill
 from bot.lifecycle import Status
 
+#: The plan's minutes as a few milliseconds: the drill's own default is 0.01.
+FAST = 0.002
 HAVE_SSHD = bool(shutil.which("sshd")) or os.path.exists("/usr/sbin/sshd")
 
 
 @pytest.mark.parametrize("strategy", ["A", "B", "C"])
 async def test_drill_passes_for_each_strategy(strategy: str, tmp_path: Path) -> None:
     out = io.StringIO()
-    result = await run_drill(strategy=strategy, out=out, root=tmp_path / "drill", keep=True)
+    result = await run_drill(strategy=strategy, out=out, root=tmp_path / "drill", keep=True, time_scale=FAST)
     failed = [c for c in result.verdict.checks if not c.ok]
     assert not failed, failed
     assert result.status is Status.COMPLETED
@@ -39,11 +41,12 @@ async def test_drill_through_real_sshd(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail("sshd is required in CI")
         pytest.skip("sshd not installed: apt-get install openssh-server")
-    result = await run_drill(strategy="C", use_ssh=True, out=io.StringIO(), root=tmp_path / "drill")
+    result = await run_drill(strategy="C", use_ssh=True, out=io.StringIO(), root=tmp_path / "drill",
+                            time_scale=FAST)
     assert result.verdict.passed, result.verdict.checks
     assert result.status is Status.COMPLETED
 
 
 def test_drill_command_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["drill", "--strategy", "B"]) == 0
+    assert main(["drill", "--strategy", "B", "--time-scale", str(FAST)]) == 0
     assert "DRILL PASSED" in capsys.readouterr().out

@@ -496,3 +496,25 @@ async def test_http_mode_serves_events_and_health(tmp_path: Path) -> None:
         assert len(fake.ephemerals) == 1 and "/rollback start" in fake.ephemerals[0].text
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_lost_answers_to_posts_and_uploads_double_nothing(harness: Harness) -> None:
+    h = harness
+    # Slack takes the root post, the approval request and later the file, but every answer is lost.
+    h.fake.lose_responses("chat.postMessage", times=2)
+    h.fake.lose_responses("files.completeUploadExternal", times=1)
+    await _open_incident(h)
+    assert [c.error for c in h.fake.calls_to("chat.postMessage")][:2] == ["response_lost", "response_lost"]
+    assert h.fake.calls_to("conversations.history") and h.fake.calls_to("conversations.replies")
+    for user in (LEAD, PO):
+        await h.driver.press(h.fake.find_button(CH, h.thread_ts(), action_id="rb_approve"), user)
+        await h.idle()
+    await h.driver.press(h.fake.find_button(CH, h.thread_ts(), text="C: Full database restore"), IC)
+    await h.idle()
+    (h.workdir / "ok.flag").write_text("")
+    await h.driver.press(h.fake.find_button(CH, h.thread_ts(), text="Retry"), LEAD)
+    await h.idle()
+    assert any(c.error == "response_lost" for c in h.fake.calls_to("files.completeUploadExternal"))
+    assert len([f for f in h.fake.files if f.completed]) == 1
+    _assert_thread_matches_state(h, await _state_messages(h))
+    assert len([m for m in h.fake.messages(CH) if not m.is_reply]) == 1

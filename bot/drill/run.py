@@ -14,14 +14,18 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.drill.clock import DrillClock
+from bot.drill.record_checks import record_checks
 from bot.drill.sandbox import Sandbox, build_sandbox
 from bot.drill.verdict import Verdict, check_verdict
 from bot.engine import Engine, Target, Waiting
 from bot.lifecycle import FINAL, Status
+from bot.records import Records, RecordsConfig
 from bot.runbook import Runbook, default_runbook
 from bot.store import Store
 from bot.targets import TargetSettings, open_transport
@@ -58,7 +62,8 @@ def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
                 return v
         raise DrillError(f"the pre-deployment backup {wanted} was not offered: {values}")
     if w.kind == "choice":
-        return values[0]
+        # The option the bot suggests (e.g. the last release before the bad one), else the first.
+        return next((o["value"] for o in w.options if o.get("suggested")), values[0])
     if w.kind == "manual":
         return "done"
     raise DrillError(f"step {w.step_id} {w.kind}: {w.error or w.prompt}")
@@ -77,6 +82,7 @@ async def run_drill(
     runbook: Runbook | None = None,
     out: TextIO | None = None,
     root: Path | None = None,
+    reason: str | None = None,
 ) -> DrillResult:
     """Build the sandbox, run the runbook against it, check the outcome."""
     out = out or sys.stdout
@@ -86,6 +92,7 @@ async def run_drill(
     sandbox = await asyncio.to_thread(build_sandbox, root / "target")
     stack = contextlib.ExitStack()
     store: Store | None = None
+    closers: list[Callable[[], Awaitable[None]]] = []
     transport = None
     try:
         base = sandbox.settings()
@@ -107,23 +114,37 @@ async def run_drill(
             assert store is not None
             view.show(await load(store, runbook, incident_id))
 
+        records = Records.open(RecordsConfig.model_validate(
+            {"audit_log": root / "logs" / "governance.jsonl", "evidence_root": root / "evidence"}))
         engine = Engine(store, runbook, {"sandbox": Target(settings, transport)},
-                        artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show)
+                        artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show, records=records)
         inc = await store.create_incident(
             target="sandbox", runbook=runbook.name, severity="P1", decision="IMMEDIATE",
             inputs={"triggers": ["data_corruption"], "impact": "High", "business_risk": "Critical",
                     "description": "Drill: undo the Phase 3 deployment"},
-            requester=DRILL_REQUESTER, reason=f"Drill of strategy {strategy}",
+            requester=DRILL_REQUESTER, reason=reason or f"Drill of strategy {strategy}",
         )
+        clock = await DrillClock.start(engine, root, time_scale=time_scale, out=out)
+        closers.append(clock.close)
         started = time.monotonic()
         notes: list[str] = []
+        idle = 0
         while True:
+            clock.before_run()
             inc = await engine.run(inc.id)
             if inc.status in FINAL:
                 break
             w = await engine.waiting_for(inc.id)
+            if w is None and inc.status is Status.WAITING and idle < 3:
+                # A scheduled job (the last check of a series) may have settled the wait
+                # between ``run`` returning and this look: run again.
+                idle += 1
+                continue
+            idle = 0
             if w is None:
                 raise DrillError(f"incident {inc.id} is {inc.status.value} but waits for nothing")
+            if await clock.handle(engine, inc.id, w, timeout=60 + 3600 * 3 * time_scale):
+                continue
             if w.kind == "approval":
                 for user, roles in DRILL_APPROVERS:
                     await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
@@ -131,10 +152,17 @@ async def run_drill(
             answer = _pick(w, strategy, sandbox)
             await engine.answer(inc.id, w.step_id, answer, user="U0DRILLIC")
         recovery = time.monotonic() - started
+        notes += await clock.summary(inc.id)
         verdict = await check_verdict(store=store, incident=inc, transport=transport,
                                       settings=settings, sandbox=sandbox, strategy=strategy)
+        verdict.checks += await record_checks(store=store, incident=inc, transport=transport, settings=settings,
+                                              records=records, data_loss_records=verdict.data_loss_records)
+        notes.append(f"Evidence archive: {records.archive_dir(inc.stamp)}")
+        notes.append(f"Audit log: {records.log.path} (rollback-bot audit verify FILE)")
         return DrillResult(inc.id, inc.status, strategy, verdict, recovery, root, notes)
     finally:
+        for close in closers:
+            await close()
         if transport is not None:
             await transport.close()
         if store is not None:
@@ -154,7 +182,13 @@ def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
     out.write(f"\nIncident {result.incident_id}: {result.status.value}, strategy {result.strategy}\n")
     out.write(f"Recovery time: {result.recovery_seconds:.2f} s (start of run to service restored)\n")
     out.write(f"Data loss: {v.data_loss_records} records ({v.data_loss_detail})\n")
+    for note in result.notes:
+        if note.startswith("Stability"):
+            out.write(note + "\n")
     if kept:
+        for note in result.notes:
+            if not note.startswith("Stability"):
+                out.write(note + "\n")
         out.write(f"Sandbox kept at {result.root}\n")
     out.write(f"DRILL {'PASSED' if v.passed and result.status is Status.COMPLETED else 'FAILED'}\n")
 

@@ -149,6 +149,7 @@ class Sandbox:
             "maintenance_message": MAINTENANCE_MESSAGE,
             "app_rollback_command": self.app_rollback_command,
             "previous_version": self.previous_version,
+            "deployed_version": self.deployment_version,
             "smoke_test_command": self.smoke_test_command,
         }
 
@@ -214,8 +215,20 @@ def find_pm2() -> str | None:
 
 
 def _python3() -> str:
-    """How commands on the target name its interpreter: ``python3`` as on a real server."""
-    return "python3" if shutil.which("python3") else sys.executable
+    """The target's ``python3``, by the path it resolves to.
+
+    Version managers put a shell-script shim first on the PATH (pyenv's costs ~80 ms a
+    start); the sandbox names the interpreter behind it, as an operator would configure a
+    real server's ``python`` setting.
+    """
+    if not shutil.which("python3"):
+        return sys.executable
+    try:
+        found = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "python3"
+    return found or "python3"
 
 
 def _pid_alive(pid: int) -> bool:

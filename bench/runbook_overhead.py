@@ -1,0 +1,622 @@
+"""Benchmark: the engine's cost of running the default runbook's machine steps over SSH.
+
+Each repetition runs the default runbook twice, each time on a fresh, identical drill
+sandbox (same root, port, seed and clock) reached through a real local sshd:
+
+1. **engine**: ``bot.engine.Engine`` wired as ``rollback-bot drill`` wires it (store,
+   records, in-process scheduler) with the drill's simulated people (approvals and
+   choices answered at once, waits compressed by ``--time-scale``), over ``SSHTransport``
+   (persistent shells on one connection), checked with the drill's verdict;
+2. **one script**: the same commands, rendered with the engine's own context and
+   templating (``render_shell`` for command steps, ``actions.sqlite.build_command`` for
+   sqlite steps and option listings, ``curl`` for http steps, ``sleep`` for waits), piped
+   as ONE script to ``ssh host bash -s`` with the system OpenSSH client.
+
+Printed per repetition and as medians: the engine's sum of machine-step durations (from
+the store's step runs) and its whole-run wall time, the script's wall time and its time
+for the machine steps alone, the ratios and the per-step overhead. Steps with no
+one-script form (scheduled stability series, notifications, governance record, evidence
+archive, report) are left out of both and their engine time is printed apart. Every
+sqlite op pays python3's start-up on the target in both variants. Only loopback traffic.
+
+    python bench/runbook_overhead.py                  # strategy C, 3 repetitions
+    python bench/runbook_overhead.py --strategy A --repeat 5 --steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import secrets
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from actions.sqlite import OPS, build_command
+from actions.sqlite_agent import content_hash
+from bot.drill.clock import DrillClock
+from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
+from bot.drill.sandbox import ProcessManager, Sandbox, build_sandbox, free_port
+from bot.drill.sshd import SshdTarget, SshdUnavailable, start_sshd
+from bot.drill.verdict import RESTORED_TABLES, check_verdict
+from bot.engine import Engine, Target, Waiting
+from bot.lifecycle import FINAL, Status, StepStatus
+from bot.records import Records, RecordsConfig
+from bot.runbook import (
+    ApprovalStep,
+    ChoiceStep,
+    CommandStep,
+    HttpStep,
+    ManualStep,
+    Runbook,
+    SqliteStep,
+    StepBase,
+    WaitStep,
+    default_runbook,
+)
+from bot.store import StepRun, Store
+from bot.targets import TargetSettings, open_transport
+from bot.templating import render_shell, render_text, render_value
+
+RATIO_TARGET = 1.25
+PER_STEP_TARGET_MS = 15.0
+#: Step kinds compared with the one script; others (stability series, maintenance windows,
+#: governance record, evidence archive, report, notifications, GitHub) are timed apart.
+MACHINE_KINDS = (CommandStep, HttpStep, SqliteStep, WaitStep)
+#: Option listings a one-script run can do too (the sqlite agent's ops).
+SQLITE_LISTINGS = frozenset(OPS)
+
+
+class BenchError(RuntimeError):
+    """A run did not complete as it should; its figures would mean nothing."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One command of the one-script variant."""
+
+    step_id: str
+    kind: str  # command | http | sqlite | wait | options
+    text: str
+    stdin: str | None = None
+    expect: tuple[int, ...] = (0,)
+
+    @property
+    def is_step(self) -> bool:
+        """True for a machine step (an option listing belongs to a choice step)."""
+        return self.kind != "options"
+
+
+@dataclass
+class EngineRun:
+    """What one engine run measured, and what the script variant needs to replay it."""
+
+    wall: float
+    step_durations: dict[str, float]
+    context: dict[str, Any]
+    executed: list[tuple[str, str]]  # (step id, "step" | "options") in execution order
+    verdict_failures: list[str]
+    #: Steps with no one-script form (scheduled series, bot-side records): kind, wall seconds.
+    excluded: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @property
+    def compared_wall(self) -> float:
+        """The whole run's wall time without the excluded steps."""
+        return self.wall - sum(seconds for _, seconds in self.excluded.values())
+
+
+@dataclass
+class ScriptRun:
+    """What one one-script run measured."""
+
+    wall: float
+    options_seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Repetition:
+    """One engine run and one script run on identical sandboxes."""
+
+    engine: EngineRun
+    script: ScriptRun
+
+    @property
+    def steps(self) -> int:
+        """Number of machine steps the engine ran."""
+        return len(self.engine.step_durations)
+
+
+# ----------------------------------------------------------------------------- sandbox
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything that makes two sandboxes identical."""
+
+    root: Path
+    port: int
+    now: datetime
+    rows: int
+    process_manager: ProcessManager
+    python: str  # the target's python3 for sqlite ops (both variants)
+
+
+@contextlib.contextmanager
+def sandbox_at(spec: SandboxSpec) -> Iterator[Sandbox]:
+    """A fresh sandbox at ``spec.root``; stopped and removed afterwards."""
+    shutil.rmtree(spec.root, ignore_errors=True)
+    sandbox = build_sandbox(spec.root, port=spec.port, now=spec.now, rows=spec.rows,
+                            process_manager=spec.process_manager)
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+        shutil.rmtree(spec.root, ignore_errors=True)
+
+
+def target_settings(sandbox: Sandbox, sshd: SshdTarget, python: str) -> TargetSettings:
+    """The sandbox as an SSH target behind the local sshd, its sqlite ops run by ``python``."""
+    return TargetSettings.model_validate({
+        "name": "sandbox", "transport": "ssh", "host": sshd.host, "port": sshd.port,
+        "user": sshd.username, "key_file": sshd.client_key_path,
+        "known_hosts": sshd.known_hosts_path, **sandbox.settings(), "python": python,
+    })
+
+
+def real_python3() -> str:
+    """The interpreter ``python3`` on PATH really runs (past launchers such as pyenv's shim,
+    which cost ~100 ms a start here and would dilute the engine's overhead in both totals)."""
+    if shutil.which("python3") is None:
+        return sys.executable
+    out = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and path else "python3"
+
+
+def load() -> str:
+    """The load averages, as a reminder that other work on the machine skews the figures."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
+    """The simulated person's answer, as in ``rollback-bot drill``."""
+    values = [o["value"] for o in w.options]
+    if w.kind == "choice" and w.step_id == "strategy":
+        return strategy
+    if w.kind == "choice" and w.step_id == "restore_backup":
+        for v in values:
+            if Path(v).name == sandbox.backup_path.name:
+                return v
+        raise BenchError(f"the pre-deployment backup was not offered: {values}")
+    if w.kind == "choice":
+        return next((o["value"] for o in w.options if o.get("suggested")), values[0])
+    if w.kind == "manual":
+        return "done"
+    raise BenchError(f"step {w.step_id} waits for {w.kind}: {w.error or w.prompt}")
+
+
+def _span(run: StepRun) -> float:
+    if run.started_at is not None and run.ended_at is not None:
+        return (run.ended_at - run.started_at).total_seconds()
+    return run.duration or 0.0
+
+
+def _executed(runbook: Runbook, runs: list[StepRun]) -> tuple[
+        dict[str, float], list[tuple[str, str]], dict[str, tuple[str, float]]]:
+    """Compared machine-step durations, the remote actions in the engine's order, and the
+    steps left out of the comparison (kind and wall seconds)."""
+    steps = {step.id: step for _, step in runbook.steps()}
+    durations: dict[str, float] = {}
+    order: list[tuple[str, str]] = []
+    excluded: dict[str, tuple[str, float]] = {}
+    for run in runs:
+        step = steps[run.step_id]
+        if run.status is StepStatus.SKIPPED:
+            continue
+        if isinstance(step, MACHINE_KINDS):
+            if run.duration is None or run.status not in (StepStatus.DONE, StepStatus.FAILED):
+                continue
+            if run.step_id in durations:
+                raise BenchError(f"step {run.step_id} ran more than once; figures would not compare")
+            durations[run.step_id] = run.duration
+            order.append((run.step_id, "step"))
+        elif isinstance(step, ChoiceStep):
+            if step.options_from is not None:
+                if step.options_from.op not in SQLITE_LISTINGS:
+                    raise BenchError(f"choice {step.id} lists options with {step.options_from.op}: "
+                                     "no one-script form")
+                order.append((run.step_id, "options"))
+        elif not isinstance(step, ApprovalStep | ManualStep):
+            kind = str(getattr(step, "kind", type(step).__name__))
+            _, before = excluded.get(run.step_id, (kind, 0.0))
+            excluded[run.step_id] = (kind, before + _span(run))
+    return durations, order, excluded
+
+
+async def _drive_engine(sandbox: Sandbox, sshd: SshdTarget, python: str, runbook: Runbook, strategy: str,
+                        time_scale: float, timeout: float, work: Path) -> EngineRun:
+    """Run the incident as ``bot.drill.run.run_drill`` does (records, in-process scheduler)."""
+    settings = target_settings(sandbox, sshd, python)
+    transport = open_transport(settings)
+    store = await Store.open(str(work / "state.db"))
+    clock: DrillClock | None = None
+    try:
+        records = Records.open(RecordsConfig.model_validate(
+            {"audit_log": work / "logs" / "governance.jsonl", "evidence_root": work / "evidence"}))
+        engine = Engine(store, runbook, {"sandbox": Target(settings, transport)},
+                        artifacts_dir=work / "artifacts", time_scale=time_scale, records=records)
+        inc = await store.create_incident(
+            target="sandbox", runbook=runbook.name, severity="P1", decision="IMMEDIATE",
+            inputs={"triggers": ["data_corruption"], "impact": "High",
+                    "business_risk": "Critical", "description": "Benchmark"},
+            requester=DRILL_REQUESTER, reason=f"Benchmark of strategy {strategy}",
+        )
+        clock = await DrillClock.start(engine, work, time_scale=time_scale, out=io.StringIO())
+
+        async def drive() -> Status:
+            assert clock is not None
+            while True:
+                clock.before_run()
+                state = await engine.run(inc.id)
+                if state.status in FINAL:
+                    return state.status
+                w = await engine.waiting_for(inc.id)
+                if w is None:
+                    raise BenchError(f"incident is {state.status.value} but waits for nothing")
+                if await clock.handle(engine, inc.id, w, timeout=60 + 3600 * 3 * time_scale):
+                    continue
+                if w.kind == "approval":
+                    for user, roles in DRILL_APPROVERS:
+                        await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
+                    continue
+                await engine.answer(inc.id, w.step_id, _pick(w, strategy, sandbox), user="U0BENCH")
+
+        started = time.perf_counter()
+        status = await asyncio.wait_for(drive(), timeout)
+        wall = time.perf_counter() - started
+        if status is not Status.COMPLETED:
+            raise BenchError(f"engine run ended {status.value}")
+        final = await store.incident(inc.id)
+        verdict = await check_verdict(store=store, incident=final, transport=transport,
+                                      settings=settings, sandbox=sandbox, strategy=strategy)
+        durations, order, excluded = _executed(runbook, await store.step_runs(inc.id))
+        context = await engine.context(inc.id)
+    finally:
+        if clock is not None:
+            await clock.close()
+        await transport.close()
+        await store.close()
+    failures = [f"{c.name}: {c.detail}" for c in verdict.checks if not c.ok]
+    return EngineRun(wall, durations, context, order, failures, excluded)
+
+
+def run_engine(spec: SandboxSpec, sshd: SshdTarget, runbook: Runbook, strategy: str,
+               time_scale: float, timeout: float, work: Path) -> EngineRun:
+    """The runbook through the engine on a fresh sandbox (verified as the drill does)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        with sandbox_at(spec) as sandbox:
+            return asyncio.run(_drive_engine(sandbox, sshd, spec.python, runbook, strategy, time_scale,
+                                             timeout, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- one script
+
+
+def _curl(step: HttpStep, ctx: dict[str, Any]) -> str:
+    argv = ["curl", "-sS", "--max-time", f"{step.timeout:g}", "-X", step.method]
+    for name, value in step.headers.items():
+        argv += ["-H", f"{name}: {render_text(value, ctx)}"]
+    if step.json_body is not None:
+        body = json.dumps(render_value(step.json_body, ctx))
+        argv += ["-H", "Content-Type: application/json", "--data-binary", body]
+    argv += ["-w", "\\n%{http_code}\\n", render_text(step.url, ctx)]
+    return shlex.join(argv)
+
+
+def render_actions(runbook: Runbook, run: EngineRun, settings: TargetSettings,
+                   time_scale: float) -> list[Action]:
+    """The engine's remote actions, rendered as the engine rendered them, for ``settings``."""
+    ctx = dict(run.context)
+    ctx["target"] = settings.template_values()
+    steps = {step.id: step for _, step in runbook.steps()}
+    actions: list[Action] = []
+    for step_id, what in run.executed:
+        step: StepBase = steps[step_id]
+        if what == "options":
+            assert isinstance(step, ChoiceStep) and step.options_from is not None
+            params = render_value(step.options_from.params, ctx)
+            command, stdin = build_command(step.options_from.op, params, python=settings.python)
+            actions.append(Action(step_id, "options", command, stdin))
+        elif isinstance(step, CommandStep):
+            actions.append(Action(step_id, "command", render_shell(step.run, ctx),
+                                  expect=tuple(step.expect_exit)))
+        elif isinstance(step, SqliteStep):
+            params = render_value(step.params, ctx)
+            params["db"] = render_text(step.db, ctx)
+            command, stdin = build_command(step.op, params, python=settings.python)
+            actions.append(Action(step_id, "sqlite", command, stdin))
+        elif isinstance(step, HttpStep):
+            actions.append(Action(step_id, "http", _curl(step, ctx), expect=tuple(step.expect_status)))
+        elif isinstance(step, WaitStep):
+            seconds = step.seconds * time_scale
+            actions.append(Action(step_id, "wait", f"sleep {seconds:.3f}"))
+        else:
+            raise BenchError(f"step {step_id}: {type(step).__name__} has no script form")
+    return actions
+
+
+def build_script(actions: list[Action], workdir: str, marker: str) -> str:
+    """One bash script: each action in a subshell, followed by a timing line on stdout."""
+    lines = ["cd -- " + shlex.quote(workdir) + " || exit 97"]
+    for a in actions:
+        body = a.text if a.text.endswith("\n") else a.text + "\n"
+        if a.stdin is None:
+            run = f"(\n{body}) </dev/null"
+        else:
+            delim = "__STDIN_" + secrets.token_hex(8)
+            run = f"(\n{body}) <<'{delim}'\n{a.stdin}{'' if a.stdin.endswith(chr(10)) else chr(10)}{delim}"
+        lines += [
+            "__t0=$EPOCHREALTIME",
+            run,
+            f"__rc=$?; printf '\\n{marker} %s %s %s %s\\n' {shlex.quote(a.step_id)} "
+            '"$__rc" "$__t0" "$EPOCHREALTIME"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _seconds(stamp: str) -> float:
+    return float(stamp.replace(",", "."))
+
+
+def _check_output(action: Action, rc: int, output: str) -> str | None:
+    """Why the action did not do what the engine's step did, or None."""
+    if action.kind == "http":
+        last = output.strip().splitlines()[-1:] or ["?"]
+        if rc != 0 or not last[0].isdigit() or int(last[0]) not in action.expect:
+            return f"{action.step_id}: curl exit {rc}, status {last[0]}"
+        return None
+    if rc not in action.expect:
+        return f"{action.step_id}: exit status {rc}"
+    if action.kind in ("sqlite", "options"):
+        docs = [ln for ln in output.splitlines() if ln.startswith('{"ok": ')]
+        if not docs or not json.loads(docs[-1]).get("ok"):
+            return f"{action.step_id}: agent answered {docs[-1][:200] if docs else 'nothing'}"
+    return None
+
+
+def run_ssh_script(sshd: SshdTarget, script: str, marker: str, actions: list[Action],
+                   timeout: float) -> ScriptRun:
+    """Pipe ``script`` to ``ssh host bash -s``; time it and check each action's outcome."""
+    argv = [
+        "ssh", "-F", "/dev/null", "-i", str(sshd.client_key_path),
+        "-o", f"UserKnownHostsFile={sshd.known_hosts_path}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-p", str(sshd.port),
+        f"{sshd.username}@{sshd.host}", "bash -s",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, input=script.encode(), capture_output=True, timeout=timeout, check=False)
+    wall = time.perf_counter() - started
+    result = ScriptRun(wall=wall, options_seconds=0.0)
+    if proc.returncode != 0:
+        result.failures.append(f"ssh exit {proc.returncode}: {proc.stderr.decode()[-500:]!r}")
+    pending = iter(actions)
+    reported = 0
+    output: list[str] = []
+    for line in proc.stdout.decode("utf-8", "replace").split("\n"):
+        if not line.startswith(marker + " "):
+            output.append(line)
+            continue
+        step_id, rc, t0, t1 = line.split()[1:5]
+        action = next(pending, None)
+        if action is None or action.step_id != step_id:
+            result.failures.append(f"script reported {step_id} out of order")
+            break
+        reported += 1
+        seconds = _seconds(t1) - _seconds(t0)
+        if action.is_step:
+            result.step_seconds[step_id] = seconds
+        else:
+            result.options_seconds += seconds
+        problem = _check_output(action, int(rc), "\n".join(output))
+        if problem:
+            result.failures.append(problem)
+        output = []
+    if reported != len(actions):
+        result.failures.append(f"{reported} of {len(actions)} actions reported")
+    return result
+
+
+def check_script_outcome(sandbox: Sandbox, strategy: str) -> list[str]:
+    """The drill verdict's database checks, done here on the sandbox after the script."""
+    problems: list[str] = []
+    tables = RESTORED_TABLES[strategy]
+    live = content_hash(str(sandbox.db_path), tables)
+    want = sandbox.backup_content_hash["tables"]
+    differing = [t for t in (tables or sorted(want)) if live["tables"].get(t) != want.get(t)]
+    if differing:
+        problems.append(f"database differs from the backup in {differing}")
+    conn = sqlite3.connect(f"file:{sandbox.db_path}?mode=ro", uri=True)
+    try:
+        levels = {str(k): v for k, v in conn.execute("SELECT user_id, access_level FROM user_permissions")}
+    finally:
+        conn.close()
+    wrong = sorted(k for k, v in sandbox.original_access_levels.items() if levels.get(k) != v)
+    if wrong:
+        problems.append(f"access levels differ for {wrong}")
+    if "MAINTENANCE_MODE" in sandbox.env_path.read_text():
+        problems.append("maintenance mode still on")
+    return problems
+
+
+def run_script_variant(spec: SandboxSpec, sshd: SshdTarget, runbook: Runbook, engine_run: EngineRun,
+                       strategy: str, time_scale: float, timeout: float) -> tuple[ScriptRun, list[Action]]:
+    """The same commands as one ``ssh host bash -s`` script on a fresh identical sandbox."""
+    with sandbox_at(spec) as sandbox:
+        settings = target_settings(sandbox, sshd, spec.python)
+        actions = render_actions(runbook, engine_run, settings, time_scale)
+        marker = "__BENCH_STEP_" + secrets.token_hex(12)
+        script = build_script(actions, settings.workdir, marker)
+        result = run_ssh_script(sshd, script, marker, actions, timeout)
+        result.failures += check_script_outcome(sandbox, strategy)
+    return result, actions
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def report(reps: list[Repetition], strategy: str, show_steps: bool) -> bool:
+    """Print the medians and the target lines; True when both targets are met."""
+    n = reps[0].steps
+    pairs_steps = [(sum(r.engine.step_durations.values()), r.script.wall - r.script.options_seconds) for r in reps]
+    pairs_run = [(r.engine.compared_wall, r.script.wall) for r in reps]
+    e_steps = statistics.median(e for e, _ in pairs_steps)
+    s_steps = statistics.median(s for _, s in pairs_steps)
+    e_wall = statistics.median(e for e, _ in pairs_run)
+    s_wall = statistics.median(s for _, s in pairs_run)
+    # Ratio and overhead are medians over the repetitions' own pairs (each engine run and
+    # its script run are close in time), so a load change between repetitions cancels out.
+    ratio = statistics.median(e / s for e, s in pairs_steps)
+    per_step = statistics.median((e - s) / n for e, s in pairs_steps)
+    ratio_run = statistics.median(e / s for e, s in pairs_run)
+    per_step_run = statistics.median((e - s) / n for e, s in pairs_run)
+    print()
+    print(f"medians of {len(reps)} repetitions, strategy {strategy} (ratio and overhead: medians of "
+          "each repetition's own pair):")
+    print(f"runbook: engine {e_steps:.2f} s, one script {s_steps:.2f} s, ratio {ratio:.2f} "
+          f"(target <= {RATIO_TARGET}), per-step overhead {per_step * 1000:.1f} ms "
+          f"(target <= {PER_STEP_TARGET_MS:g} ms), {n} machine steps")
+    print(f"  engine = sum of the {n} machine-step durations in the store; one script = ssh wall "
+          "time (connect + login + the same steps) minus the option listing(s)")
+    print(f"whole run: engine {e_wall:.2f} s, one script {s_wall:.2f} s, ratio {ratio_run:.2f} "
+          f"(target <= {RATIO_TARGET}), per-step overhead {per_step_run * 1000:.1f} ms "
+          f"(target <= {PER_STEP_TARGET_MS:g} ms)")
+    print("  engine = wall time of the whole incident (approvals, choices, journal, audit log, option "
+          "listing) less the steps below; one script = ssh wall time with the option listing")
+    excluded = reps[0].engine.excluded
+    if excluded:
+        parts = ", ".join(
+            f"{step_id} ({kind}) {statistics.median(r.engine.excluded[step_id][1] for r in reps):.2f} s"
+            for step_id, (kind, _) in excluded.items())
+        print(f"not compared (no one-script form; engine wall, medians): {parts}")
+    if show_steps:
+        print()
+        print(f"{'step':<28}{'engine':>12}{'script':>12}{'diff':>12}   (medians)")
+        for step_id in reps[0].engine.step_durations:
+            e = statistics.median(r.engine.step_durations[step_id] for r in reps)
+            s = statistics.median(r.script.step_seconds.get(step_id, 0.0) for r in reps)
+            print(f"{step_id:<28}{_ms(e):>12}{_ms(s):>12}{_ms(e - s):>12}")
+    return ratio <= RATIO_TARGET and per_step * 1000 <= PER_STEP_TARGET_MS
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the repetitions and print the figures."""
+    runbook = default_runbook()
+    base = Path(tempfile.mkdtemp(prefix="rb-bench-", dir="/tmp"))
+    deadline = time.monotonic() + args.max_seconds
+    reps: list[Repetition] = []
+    try:
+        with start_sshd(base / "sshd") as sshd:
+            spec = SandboxSpec(root=base / "t", port=free_port(), now=datetime.now(UTC).replace(microsecond=0),
+                               rows=args.rows, process_manager=args.process_manager,
+                               python=args.python or real_python3())
+            print(f"{load()}; target python for sqlite ops: {spec.python}", flush=True)
+            previous: EngineRun | None = None
+            for i in range(args.repeat):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    print(f"stopping after {i} repetitions: --max-seconds {args.max_seconds:g} reached")
+                    break
+                # Alternate which variant goes first (after the first engine run, which the
+                # script needs), so neither always meets a warmer machine.
+                script_first = previous is not None and i % 2 == 1
+                if script_first:
+                    assert previous is not None
+                    script, _ = run_script_variant(spec, sshd, runbook, previous, args.strategy,
+                                                   args.time_scale, left)
+                eng = run_engine(spec, sshd, runbook, args.strategy, args.time_scale, left, base / "engine")
+                if not script_first:
+                    script, _ = run_script_variant(spec, sshd, runbook, eng, args.strategy, args.time_scale,
+                                                   max(deadline - time.monotonic(), 30))
+                previous = eng
+                if eng.verdict_failures or script.failures:
+                    print(f"repetition {i + 1}: FAILED engine {eng.verdict_failures} script {script.failures}")
+                    return 2
+                rep = Repetition(eng, script)
+                reps.append(rep)
+                e_steps = sum(eng.step_durations.values())
+                s_steps = script.wall - script.options_seconds
+                print(f"repetition {i + 1}{' (script first)' if script_first else ''}: "
+                      f"engine steps {e_steps:.2f} s, whole run {eng.compared_wall:.2f} s; "
+                      f"one script {s_steps:.2f} s (+{_ms(script.options_seconds)} option listing); "
+                      f"ratio {e_steps / s_steps:.2f}, whole-run ratio {eng.compared_wall / script.wall:.2f}; "
+                      f"{rep.steps} machine steps; both verified", flush=True)
+    except SshdUnavailable as exc:
+        print(f"cannot run: {exc}")
+        return 2
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if not reps:
+        return 2
+    met = report(reps, args.strategy, args.steps)
+    print(load())
+    return 0 if met or not args.strict else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategy", choices=("A", "B", "C"), default="C", help="restoration strategy (default C)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians are printed (default 3)")
+    parser.add_argument("--time-scale", type=float, default=0.01,
+                        help="factor on wait steps, as in the drill (default 0.01: 60 s -> 0.6 s)")
+    parser.add_argument("--rows", type=int, default=200, help="sandbox size, as build_sandbox's rows (default 200)")
+    parser.add_argument("--process-manager", choices=("auto", "pm2", "procman"), default="auto",
+                        help="the sandbox app's process manager (default auto: pm2 when installed)")
+    parser.add_argument("--python", help="the target's python3 for sqlite ops (default: the interpreter "
+                        "python3 on PATH runs, past launcher shims)")
+    parser.add_argument("--steps", action="store_true", help="also print per-step medians")
+    parser.add_argument("--max-seconds", type=float, default=900,
+                        help="stop starting repetitions after this long (default 900)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if os.environ.get("ROLLBACK_BOT_BENCH_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.INFO)
+    return bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

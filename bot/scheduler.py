@@ -1,0 +1,204 @@
+"""Scheduled jobs that survive a restart: APScheduler 3.11 with a SQLAlchemy job store.
+
+Every job is keyed ``<incident id>:<purpose>`` and added with ``replace_existing``, so a
+job is replaced, never doubled. Job functions are module-level coroutines (see
+``bot.clock_jobs``) whose arguments are ids only: they pickle, and the job finds the
+live bot through ``current_runtime()``.
+
+Two settings are deliberate: ``misfire_grace_time=None`` (a job that fell while the
+bot was down still runs when it comes back; the job itself records what was missed
+from the journal, it is never silently dropped) and ``coalesce=True`` (several missed
+runs of one job become one run, which catches up on all of them).
+
+Time comes from a ``Clock``. In production that is the system clock and APScheduler
+fires jobs; tests use a ``ManualClock`` and ``JobScheduler.run_due`` to fire exactly the
+jobs that are due at the clock's time, with nothing left to timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+
+log = logging.getLogger(__name__)
+
+JobFunc = Callable[..., Awaitable[None]]
+
+
+class Clock(Protocol):
+    """Where the bot's flows read the time."""
+
+    def now(self) -> dt.datetime:
+        """Now, timezone-aware."""
+        ...
+
+
+class SystemClock:
+    """The real time, UTC."""
+
+    def now(self) -> dt.datetime:
+        """Now, timezone-aware UTC."""
+        return dt.datetime.now(dt.UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told (tests, rehearsals)."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = start or dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+
+    def now(self) -> dt.datetime:
+        """The clock's current time."""
+        return self._now
+
+    def advance(self, seconds: float) -> dt.datetime:
+        """Move the clock forward; returns the new time."""
+        self._now += dt.timedelta(seconds=seconds)
+        return self._now
+
+    def set(self, when: dt.datetime) -> None:
+        """Put the clock at a time."""
+        self._now = when
+
+
+def job_id(incident_id: str, purpose: str) -> str:
+    """The stable id of an incident's job for one purpose."""
+    return f"{incident_id}:{purpose}"
+
+
+def jobs_url(state_db: str) -> str:
+    """The job store's SQLAlchemy URL beside the incident state.
+
+    A SQLite state file ``state.db`` keeps its jobs in ``state.jobs.db`` (APScheduler's job
+    store is synchronous: its own file keeps its locks away from the async store); a
+    database URL keeps them in the same database with a synchronous driver.
+    """
+    if "://" not in state_db:
+        p = Path(state_db)
+        return f"sqlite:///{p.with_name(p.stem + '.jobs' + (p.suffix or '.db'))}"
+    scheme, rest = state_db.split("://", 1)
+    dialect = scheme.split("+", 1)[0]
+    if dialect == "sqlite":
+        path = rest.lstrip("/") if rest.startswith("///") else rest
+        return jobs_url("/" + path if rest.startswith("////") else path)
+    return f"{dialect}://{rest}"
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """A job as the scheduler holds it."""
+
+    id: str
+    func: str
+    next_run: dt.datetime | None
+    kwargs: dict[str, Any]
+
+
+class JobScheduler:
+    """The one scheduler of a bot process, with its persistent job store."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None, time_scale: float = 1.0) -> None:
+        self.url = url
+        self.clock: Clock = clock or SystemClock()
+        self.time_scale = time_scale
+        self._scheduler = AsyncIOScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=url, tablename="rollback_jobs")},
+            # A job may reschedule itself (same id) just before it returns: a second instance
+            # must not be skipped then. Jobs that must not overlap serialise themselves.
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 3},
+            timezone=dt.UTC,
+        )
+        self._started = False
+        self.manual = isinstance(self.clock, ManualClock)
+
+    async def start(self) -> None:
+        """Start (needs a running loop); with a manual clock, jobs fire only through ``run_due``."""
+        if not self._started:
+            self._scheduler.start(paused=self.manual)
+            self._started = True
+
+    async def shutdown(self) -> None:
+        """Stop firing jobs; the job store keeps them for the next start."""
+        if self._started:
+            self._scheduler.shutdown(wait=False)
+            self._started = False
+            await asyncio.sleep(0)
+
+    def after(self, seconds: float) -> dt.datetime:
+        """The time ``seconds`` of plan time from now, compressed by the time scale."""
+        return self.clock.now() + dt.timedelta(seconds=seconds * self.time_scale)
+
+    def scaled(self, seconds: float) -> float:
+        """Plan seconds as real seconds."""
+        return seconds * self.time_scale
+
+    def schedule(self, incident_id: str, purpose: str, func: JobFunc, at: dt.datetime, /, **kwargs: Any) -> str:
+        """Run ``func(**kwargs)`` at ``at``; replaces the incident's job of that purpose."""
+        jid = job_id(incident_id, purpose)
+        self._scheduler.add_job(func, DateTrigger(run_date=at, timezone=dt.UTC), id=jid, name=jid,
+                                kwargs=kwargs, replace_existing=True, misfire_grace_time=None, coalesce=True,
+                                max_instances=3)
+        return jid
+
+    def cancel(self, incident_id: str, purpose: str) -> bool:
+        """Remove one job; False when there was none."""
+        jid = job_id(incident_id, purpose)
+        if self._scheduler.get_job(jid) is None:
+            return False
+        self._scheduler.remove_job(jid)
+        return True
+
+    def cancel_incident(self, incident_id: str, *, keep: tuple[str, ...] = ()) -> list[str]:
+        """Remove every job of an incident except the purposes in ``keep``; returns the ids removed."""
+        gone = []
+        for job in self._scheduler.get_jobs():
+            inc, _, purpose = job.id.partition(":")
+            if inc == incident_id and not any(purpose.startswith(k) for k in keep):
+                self._scheduler.remove_job(job.id)
+                gone.append(job.id)
+        return gone
+
+    def jobs(self, incident_id: str | None = None) -> list[ScheduledJob]:
+        """The scheduled jobs (of one incident), soonest first."""
+        out = []
+        for job in self._scheduler.get_jobs():
+            if incident_id is None or job.id.startswith(incident_id + ":"):
+                out.append(ScheduledJob(job.id, job.func_ref, job.next_run_time, dict(job.kwargs)))
+        far = dt.datetime.max.replace(tzinfo=dt.UTC)
+        return sorted(out, key=lambda j: j.next_run or far)
+
+    def job(self, incident_id: str, purpose: str) -> ScheduledJob | None:
+        """One job, if scheduled."""
+        jid = job_id(incident_id, purpose)
+        return next((j for j in self.jobs(incident_id) if j.id == jid), None)
+
+    async def run_due(self, *, limit: int = 1000) -> list[str]:
+        """Run, in time order, every job due at the clock's time (a manual clock's way of firing).
+
+        A job is taken off (or moved to its next time) before it runs, so a job that
+        schedules its own successor under the same id keeps it.
+        """
+        ran: list[str] = []
+        for _ in range(limit):
+            now = self.clock.now()
+            due = [j for j in self._scheduler.get_jobs() if j.next_run_time is not None and j.next_run_time <= now]
+            if not due:
+                return ran
+            job = min(due, key=lambda j: j.next_run_time)
+            nxt = job.trigger.get_next_fire_time(job.next_run_time, now)
+            if nxt is None or nxt <= job.next_run_time:
+                self._scheduler.remove_job(job.id)
+            else:
+                job.modify(next_run_time=nxt)
+            ran.append(job.id)
+            await job.func(*job.args, **job.kwargs)
+        raise RuntimeError(f"more than {limit} jobs due at once: {ran[-5:]}")

@@ -1,0 +1,205 @@
+"""The incident's record end to end: governance row on the target (reason stored verbatim),
+the audit chain, the evidence archive's manifest, the report's timeline and metrics against
+the journal; over a real sshd in the drill, and from Slack with the GitHub rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.audit import verify_chain
+from bot.config import SlackSecrets, parse_config
+from bot.drill.run import run_drill
+from bot.drill.sandbox import build_sandbox
+from bot.drill.sshd import SshdUnavailable
+from bot.drill.verdict import check_verdict
+from bot.evidence import verify_archive
+from bot.lifecycle import Status
+from bot.metrics import gather, metrics_table, success_metrics
+from bot.records import MetricTargets
+from bot.report import stamp
+from bot.runbook import default_runbook
+from bot.services import build_services
+from bot.slack_app import create_app
+from bot.slack_client import make_client
+from bot.store import Store
+from tests.github_fake import GitHubFake
+from tests.slack_driver import SlackDriver, bolt_sender
+from tests.slack_fake import SlackFake
+from tests.slack_player import Cast, default_answers, play_incident
+
+EVIL = "it's \"broken\"; $(touch pwned) `touch pwned2`\nsecond line\n'); DROP TABLE governance_logs; --"
+
+
+def _governance_rows(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT id, event_type, user_role, success, details, runtime_context FROM governance_logs "
+                            "WHERE event_type = 'emergency_rollback'").fetchall()
+    finally:
+        conn.close()
+
+
+def _timeline(report: str) -> list[tuple[int, str]]:
+    section = report.split("## Timeline", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.MULTILINE)
+    return [(int(n), t.strip()) for n, t in rows]
+
+
+async def test_drill_over_sshd_keeps_the_whole_record(tmp_path: Path) -> None:
+    root = tmp_path / "drill"
+    root.mkdir()
+    with (root / "terminal.txt").open("w") as terminal:
+        try:
+            result = await run_drill(strategy="C", use_ssh=True, keep=True, root=root, reason=EVIL, out=terminal)
+        except SshdUnavailable as exc:
+            pytest.skip(f"sshd not available: {exc}")
+    failed = [(c.name, c.detail) for c in result.verdict.checks if not c.ok]
+    assert result.verdict.passed and result.status is Status.COMPLETED, failed
+    workdir = root / "target" / "app"
+    assert not (workdir / "pwned").exists() and not (workdir / "pwned2").exists()
+
+    # The reason, quotes, $(…), backticks and newlines included, is stored verbatim.
+    (row,) = _governance_rows(workdir / "databases" / "production.db")
+    details, context = json.loads(row[4]), json.loads(row[5])
+    assert details["rollback_reason"] == EVIL and row[1:4] == ("emergency_rollback", "incident_commander", 1)
+    assert details["rollback_method"] == "full_database_restore"
+    assert details["database_restoration"]["integrity_verified"] is True
+    assert context["incident_id"] == result.incident_id
+
+    # The local chain holds and carries the same record.
+    (chain_path,) = (root / "logs").glob("governance.jsonl")
+    assert verify_chain(chain_path).ok
+    entries = [json.loads(line) for line in chain_path.read_text().splitlines()]
+    gov = [e for e in entries if e["type"] == "governance_record"]
+    assert len(gov) == 1 and gov[0]["row_id"] == row[0] and gov[0]["record"]["details"] == details
+
+    # The archive: every manifest hash holds; the backup came over SFTP with the verified sha256.
+    (folder,) = (root / "evidence").iterdir()
+    assert folder.name == context["memoryplugin_anchor"]
+    assert re.fullmatch(r"of-bev-phase3-rollback-\d{8}_\d{6}", folder.name)
+    assert verify_archive(folder) == []
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = {f["name"] for f in manifest["files"]}
+    assert json.loads((folder / "governance_record.json").read_text())["details"] == details
+    store = await Store.open(str(root / "state.db"))
+    try:
+        runs = await store.latest_runs(result.incident_id)
+        (backup,) = [n for n in names if n.startswith("emergency_backup/")]
+        assert next(f["sha256"] for f in manifest["files"] if f["name"] == backup) == \
+            runs["verify_backup"].captures["file_sha256"]
+        # Tracked as made: every file of the manifest is in the store's artifacts table.
+        tracked = {a.path for a in await store.artifacts(result.incident_id)}
+        assert all(str(folder / n) in tracked for n in names)
+        # A file changed after the fact is caught.
+        (folder / "record_counts.json").write_text("{}")
+        assert verify_archive(folder) == ["record_counts.json: sha256 differs from the manifest"]
+
+        # The report's timeline is the journal, line by line with its times, up to the report.
+        report = (folder / "report.md").read_text()
+        events = await store.events(result.incident_id)
+        rows = _timeline(report)
+        report_started = next(i for i, e in enumerate(events, 1) if e.step_id == "report" and e.kind == "step_running")
+        assert len(rows) >= report_started
+        assert rows == [(i, stamp(e.at)) for i, e in enumerate(events[: len(rows)], 1)]
+        assert any(e.kind == "approval_approve" for e in events[: len(rows)])
+        # Its metrics are what the journal gives now.
+        facts = await gather(store, default_runbook(), result.incident_id)
+        metrics = success_metrics(facts, MetricTargets.model_validate({}))
+        assert metrics_table(metrics) in report
+        assert [m.ok for m in metrics][:4] == [True, True, True, True]
+        assert "| Data Loss | None | 0 records | ✅ |" in report
+        assert runs["report"].captures["overall"] == "SUCCESS"
+        assert "## Phase 7" in report and "- [ ] Root Cause Identification" in report
+    finally:
+        await store.close()
+
+
+CH = "C0INCIDENT1"
+REQ, LEAD, PO, IC = "U0REQUESTER", "U0LEAD", "U0PRODOWNER", "U0COMMANDER"
+
+
+async def test_slack_incident_with_github_rollback_ends_with_the_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = await asyncio.to_thread(build_sandbox, tmp_path / "target")
+    github = await GitHubFake(token="ghp_e2e").start()
+    for tag, at in (("phase-2.3.0", "2025-05-01T00:00:00Z"), ("phase-2.4.1", "2025-06-01T00:00:00Z"),
+                    ("phase-3.0.0", "2025-07-30T00:00:00Z")):
+        github.add_release(tag, at)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_e2e")
+    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC)}, usergroups={"S0PRODUCT": [PO]})
+    fake.add_channel(CH, "incident-response")
+    await fake.start()
+    config = parse_config({
+        "slack": {"channels": [CH], "update_interval_seconds": 0.2, "retry_max_seconds": 1},
+        "roles": {"tech_lead": {"users": [LEAD]}, "product_owner": {"groups": ["S0PRODUCT"]},
+                  "incident_commander": {"users": [IC]}},
+        "targets": [{"name": "sandbox", "transport": "local", **sandbox.settings(), "app_rollback": "github",
+                     "github_repo": github.repo, "github_api_url": github.api_url,
+                     "release_tag_pattern": r"^phase-\d+\.\d+\.\d+$"}],
+        "state_db": str(tmp_path / "state.db"),
+        "artifacts_dir": str(tmp_path / "artifacts"),
+        "time_scale": 0.002,
+        "stability": {"watch_seconds": 300, "watch_interval_seconds": 60},
+        "records": {"evidence_root": str(tmp_path / "DriveMemory" / "Rollbacks"), "backup_copy": "leave",
+                    "anchor_prefix": "drill-rollback"},
+    })
+    secrets = SlackSecrets(slack_bot_token=fake.bot_token, slack_signing_secret=fake.signing_secret,
+                           slack_api_url=fake.base_url)
+    services = await build_services(config, make_client(secrets))
+    try:
+        app = create_app(secrets, services)
+        await services.resume()
+        driver = SlackDriver(fake, bolt_sender(app), default_user_id=REQ)
+        pick = default_answers(strategy="C", backup=sandbox.backup_path.name)
+        played = await asyncio.wait_for(play_incident(
+            fake=fake, driver=driver, services=services, channel=CH, target="sandbox",
+            cast=Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC),
+            answers=lambda c: pick(c) or c.text == "phase-2.4.1"), timeout=300)
+        inc = played.incident
+        assert inc.status is Status.COMPLETED, inc.status
+        await services.idle(timeout=60)
+        t = services.targets["sandbox"]
+        verdict = await check_verdict(store=services.store, incident=inc, transport=t.transport,
+                                      settings=t.settings, sandbox=sandbox, strategy="C")
+        assert verdict.passed, [(c.name, c.detail) for c in verdict.checks if not c.ok]
+
+        # The app went back through a watched workflow run, to the suggested release.
+        runs = await services.store.latest_runs(inc.id)
+        assert runs["release_tag"].waiting is not None and runs["release_tag"].waiting["default"] == "phase-2.4.1"
+        assert runs["github_deploy"].captures["conclusion"] == "success"
+        (dispatch,) = github.dispatches()
+        assert dispatch.body["ref"] == "phase-2.4.1"
+        assert dispatch.body["inputs"]["deployment_type"] == "emergency_rollback"
+
+        (row,) = _governance_rows(sandbox.db_path)
+        details = json.loads(row[4])
+        assert details["application_rollback"]["to_version"] == "phase-2.4.1"
+        assert details["application_rollback"]["from_version"] == "phase-3.0.0"
+        assert details["application_rollback"]["workflow_run"] == runs["github_deploy"].captures["html_url"]
+        assert verify_chain(services.engine.records.log.path).ok
+        folder = tmp_path / "DriveMemory" / "Rollbacks" / f"drill-rollback-{inc.stamp}"
+        assert verify_archive(folder) == []
+        manifest = json.loads((folder / "manifest.json").read_text())
+        # The backup was left on the target, with its path and hashes.
+        assert manifest["remote"]["emergency_backup"]["file_sha256"] == runs["verify_backup"].captures["file_sha256"]
+
+        # The report is in the thread; the closing message shows the metrics table.
+        root = next(m for m in fake.messages(CH) if not m.is_reply)
+        reports = [f for f in fake.files if f.completed and f.filename == "report.md"]
+        assert len(reports) == 1 and reports[0].thread_ts == root.ts
+        closing = [m for m in fake.thread(CH, root.ts) if "Success metrics" in str(m.blocks)]
+        assert len(closing) == 1 and closing[0].reply_broadcast
+        for name in ("Rollback Duration", "Data Loss", "Service Availability", "Error Rate", "User Impact"):
+            assert name in str(closing[0].blocks)
+    finally:
+        await services.close()
+        await fake.stop()
+        await github.stop()
+        await asyncio.to_thread(sandbox.stop)
