@@ -26,7 +26,7 @@ from bot.slack_app import create_app
 from bot.slack_client import make_client
 from bot.slack_view import desired_messages, load_state
 from tests.slack_driver import SlackDriver, bolt_sender
-from tests.slack_fake import SlackFake
+from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 from tests.slack_player import Cast, Played, default_answers, play_incident
 from tests.sshd import SshdTarget
 
@@ -58,7 +58,8 @@ def _config(tmp_path: Path, target: dict[str, Any]) -> BotConfig:
 
 
 async def _play(tmp_path: Path, sandbox: Sandbox, target: dict[str, Any], strategy: str) -> None:
-    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC)},
+    # The token holds exactly the manifest's scopes: a call needing any other one fails.
+    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC)}, scopes=bot_scopes_from_manifest(),
                      usergroups={"S0PRODUCT": {"handle": "product-owners", "users": [PO]}})
     fake.add_channel(CH, "incident-response")
     await fake.start()

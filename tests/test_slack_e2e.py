@@ -22,7 +22,7 @@ from bot.slack_app import create_app
 from bot.slack_client import make_client
 from bot.slack_view import desired_messages, load_state
 from tests.slack_driver import SlackDriver, bolt_sender
-from tests.slack_fake import SlackFake
+from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 
 CH = "C0INCIDENT1"
 REQ, LEAD, PO, IC, NOBODY = "U0REQUESTER", "U0LEAD", "U0PRODOWNER", "U0COMMANDER", "U0RANDOM"
@@ -127,7 +127,8 @@ async def _start(fake: SlackFake, config: BotConfig, workdir: Path) -> Harness:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     workdir = tmp_path / "app"
     workdir.mkdir()
-    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}, usergroups={"S0PRODUCT": [PO]})
+    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}, usergroups={"S0PRODUCT": [PO]},
+                     scopes=bot_scopes_from_manifest())
     fake.add_channel(CH, "incident-response")
     fake.add_channel("C0OTHER", "random")
     await fake.start()
