@@ -1,6 +1,6 @@
 FROM python:3.11-slim
 
-# ssh client tools for host-key pinning (ssh-keyscan); sqlite3 for operators' own checks.
+# ssh-keyscan to pin a target's host key; sqlite3 for an operator's own look at a backup.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-client sqlite3 \
     && rm -rf /var/lib/apt/lists/*
@@ -12,10 +12,14 @@ COPY actions ./actions
 COPY handlers ./handlers
 RUN pip install --no-cache-dir .
 
+# A non-root user; the state (incidents, jobs, artifacts, evidence) lives on a volume.
 RUN useradd --create-home --uid 10001 rollback \
-    && mkdir -p /data && chown rollback /data
+    && mkdir -p /var/lib/rollback-bot /etc/rollback-bot \
+    && chown rollback /var/lib/rollback-bot
 USER rollback
-WORKDIR /data
-ENV ROLLBACK_BOT_CONFIG=/config/rollback-bot.yml
-EXPOSE 3000
+WORKDIR /var/lib/rollback-bot
+VOLUME /var/lib/rollback-bot
+ENV ROLLBACK_BOT_CONFIG=/etc/rollback-bot/bot.yml
+# 3000: /slack/events and /healthz in HTTP mode; 8080: /healthz in Socket Mode.
+EXPOSE 3000 8080
 CMD ["rollback-bot", "serve"]

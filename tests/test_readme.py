@@ -1,0 +1,44 @@
+"""The README stays true to the code: its config examples load, its commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bot.cli import parser
+from bot.config import BotConfig
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def _yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", README, re.S)
+
+
+def test_the_config_example_loads() -> None:
+    blocks = [b for b in _yaml_blocks() if "targets:" in b]
+    assert blocks, "the README shows a config file"
+    for block in blocks:
+        BotConfig.model_validate(yaml.safe_load(block))
+
+
+def test_the_setting_snippets_load() -> None:
+    base = yaml.safe_load(next(b for b in _yaml_blocks() if "targets:" in b))
+    for block in _yaml_blocks():
+        if "targets:" not in block:
+            BotConfig.model_validate({**base, **yaml.safe_load(block)})
+
+
+def test_every_target_setting_is_documented() -> None:
+    from bot.targets import TargetSettings
+
+    missing = [name for name in TargetSettings.model_fields if f"`{name}`" not in README]
+    assert not missing, f"README does not document target settings {missing}"
+
+
+def test_the_commands_it_shows_exist() -> None:
+    sub = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in re.findall(r"rollback-bot (\w+)", README):
+        assert command in sub, command
