@@ -7,6 +7,7 @@ ActionError
  │    └── ConnectionLost       the link dropped while a command ran: outcome unknown
  ├── CommandTimeout            the command ran past its timeout and was killed on the target
  ├── CommandFailed             the command finished with a non-zero exit status
+ ├── HostsFailed               a command on a host group failed on some of its hosts
  ├── HttpCheckFailed           an HTTP call failed or answered an unexpected status
  └── SqliteOpFailed            a typed SQLite operation on the target failed
 """
@@ -59,6 +60,19 @@ class CommandFailed(ActionError):
         self.exit_status = exit_status
         self.stdout = stdout
         self.stderr = stderr
+
+
+class HostsFailed(ActionError):
+    """A command on a host group failed on some hosts. Carries every host's result."""
+
+    def __init__(self, message: str, *, hosts: list[dict[str, object]], failed: list[str],
+                 output: str = "", outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.hosts = hosts
+        self.failed = failed
+        self.stdout = output
+        self.stderr = ""
+        self.outcome_unknown = outcome_unknown
 
 
 class HttpCheckFailed(ActionError):

@@ -404,7 +404,7 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             v = result.verify
             print(f"[{i + 1}] ours under writes: backup {result.backup_wall:.2f} s (copy "
                   f"{result.backup['backup_seconds']:.2f} s + file sha256) + verify {result.verify_wall:.2f} s "
-                  f"(integrity_check || file sha256 + content hash: {'ok' if v['ok'] else 'FAILED'}) = "
+                  f"(integrity_check + file sha256 || content hash: {'ok' if v['ok'] else 'FAILED'}) = "
                   f"{result.total:.2f} s; writer committed {result.commits_during} rows meanwhile", flush=True)
 
         hand_total = statistics.median(h["total"] for h in hands)

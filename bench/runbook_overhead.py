@@ -261,6 +261,7 @@ async def _drive_engine(sandbox: Sandbox, sshd: SshdTarget, python: str, runbook
     transport = open_transport(settings)
     store = await Store.open(str(work / "state.db"))
     clock: DrillClock | None = None
+    engine: Engine | None = None
     try:
         records = Records.open(RecordsConfig.model_validate(
             {"audit_log": work / "logs" / "governance.jsonl", "evidence_root": work / "evidence"}))
@@ -305,6 +306,8 @@ async def _drive_engine(sandbox: Sandbox, sshd: SshdTarget, python: str, runbook
     finally:
         if clock is not None:
             await clock.close()
+        if engine is not None:
+            await engine.aclose()
         await transport.close()
         await store.close()
     failures = [f"{c.name}: {c.detail}" for c in verdict.checks if not c.ok]

@@ -169,7 +169,8 @@ class AuditLog:
     async def last_event_id(self) -> int:
         """The highest journal id already copied into the file."""
         async with self._lock:
-            await asyncio.to_thread(self._load)
+            if not self._loaded:
+                await asyncio.to_thread(self._load)
             return self._last_event_id
 
     async def head(self) -> tuple[int, str]:

@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 
-from actions.errors import ActionError, CommandFailed, CommandTimeout, HttpCheckFailed, SqliteOpFailed
+from actions.errors import (
+    ActionError,
+    CommandFailed,
+    CommandTimeout,
+    HostsFailed,
+    HttpCheckFailed,
+    SqliteOpFailed,
+)
+from actions.fanout import HostResult, run_on_hosts
 from actions.http import http_request
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
@@ -49,12 +57,14 @@ from bot.runbook import (
     WindowStep,
 )
 from bot.store import Incident, StepRun, Store
-from bot.targets import TargetSettings
+from bot.targets import TargetSettings, open_transport, open_transports
 from bot.templating import TemplateError, lookup, render_shell, render_text, render_value
 
 log = logging.getLogger(__name__)
 
 TAIL_CHARS = 2000
+#: Output kept per host of a host group (20 hosts fit in a step's captures).
+HOST_TAIL_CHARS = 300
 #: SQLite operations that report problems as ``ok: false`` rather than as an error.
 CHECK_OPS = frozenset({"verify", "integrity_check", "quick_check", "foreign_key_check"})
 
@@ -76,10 +86,25 @@ class AnswerRefused(EngineError):
 
 @dataclass
 class Target:
-    """A target's settings and its open transport."""
+    """A target's settings and its open transport; a host group also has one transport per host."""
 
     settings: TargetSettings
     transport: Transport
+    #: A host group's transports by host name (``transport`` is the first, the primary).
+    hosts: dict[str, Transport] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: TargetSettings) -> Target:
+        """The target with its transports (connections open lazily on first use)."""
+        if settings.is_group:
+            hosts = open_transports(settings)
+            return cls(settings, next(iter(hosts.values())), hosts)
+        return cls(settings, open_transport(settings))
+
+    async def close(self) -> None:
+        """Close every transport of the target."""
+        for transport in {id(t): t for t in (self.transport, *self.hosts.values())}.values():
+            await transport.close()
 
 
 @dataclass
@@ -126,7 +151,10 @@ class Engine:
         self.time_scale = time_scale
         self.policies = dict(policies or {"default": DEFAULT_POLICY})
         self.on_change = on_change
+        #: One HTTP client for every http, notify and GitHub call (connections are reused);
+        #: the engine closes it in ``aclose`` only when it made it.
         self._http = http
+        self._owns_http = http is None
         self._locks: dict[str, asyncio.Lock] = {}
         #: Audit log, governance, evidence and report settings; by default beside the artifacts.
         self.records = records or Records.open(RecordsConfig.model_validate(
@@ -139,6 +167,19 @@ class Engine:
         self.redact = redact or Redactor(values=env_secrets())
 
     # ------------------------------------------------------------ public API
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared HTTP client (made on first use when none was given)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close what the engine owns (its HTTP client); the store and transports are the caller's."""
+        if self._owns_http and self._http is not None:
+            client, self._http = self._http, None
+            await client.aclose()
 
     async def run(self, incident_id: str) -> Incident:
         """Run steps until the incident ends or waits for a person; returns its state."""
@@ -228,7 +269,9 @@ class Engine:
     async def context(self, incident_id: str) -> dict[str, Any]:
         """The values templates see: target, incident, inputs, captures, choices."""
         inc = await self.store.incident(incident_id)
-        latest = await self.store.latest_runs(incident_id)
+        return self._context(inc, await self.store.latest_runs(incident_id))
+
+    def _context(self, inc: Incident, latest: Mapping[str, StepRun]) -> dict[str, Any]:
         captures: dict[str, Any] = {}
         choices: dict[str, Any] = {}
         for step_id, run in latest.items():
@@ -256,11 +299,14 @@ class Engine:
                 return self.policies.get(step.policy, DEFAULT_POLICY)
         return self.policies.get("default", DEFAULT_POLICY)
 
-    async def _changed(self, incident_id: str) -> None:
-        try:
-            await self.audit.flush()
-        except Exception:  # the journal keeps every event; the next flush catches up
-            log.exception("audit log flush for %s failed", incident_id)
+    async def _changed(self, incident_id: str, *, audit: bool = True) -> None:
+        # The start of a machine step only updates the view: its journal event reaches the
+        # audit log with the step's end (one flush, one fsync per step).
+        if audit:
+            try:
+                await self.audit.flush()
+            except Exception:  # the journal keeps every event; the next flush catches up
+                log.exception("audit log flush for %s failed", incident_id)
         if self.on_change is not None:
             try:
                 await self.on_change(incident_id)
@@ -273,11 +319,17 @@ class Engine:
             return inc
         if inc.status in (Status.OPEN, Status.SCHEDULED):
             inc = await self.store.apply(incident_id, Event.START)
+        latest: dict[str, StepRun] | None = None
         for phase, step in self.runbook.steps():
+            if latest is None:
+                latest = await self.store.latest_runs(incident_id)
+            if _settled(latest.get(step.id)):
+                continue  # done, skipped or failed-and-continued: nothing to read or show again
             inc = await self.store.incident(incident_id)
             if inc.status in FINAL:
                 return inc
-            outcome = await self._advance(inc, phase, step)
+            outcome = await self._advance(inc, phase, step, latest)
+            latest = None  # the step wrote its runs
             await self._changed(incident_id)
             if outcome == "wait":
                 inc = await self.store.incident(incident_id)
@@ -287,6 +339,8 @@ class Engine:
             if outcome == "end":
                 return await self.store.incident(incident_id)
         inc = await self.store.incident(incident_id)
+        if inc.status in FINAL:
+            return inc
         if inc.status is Status.WAITING:
             inc = await self.store.apply(incident_id, Event.RESUME)
         return await self.store.apply(incident_id, Event.COMPLETE)
@@ -303,15 +357,13 @@ class Engine:
             return True
         return False
 
-    async def _advance(self, inc: Incident, phase: Phase, step: StepBase) -> str:
-        """Bring one step to done/skipped; 'next', 'wait' or 'end'."""
-        latest = (await self.store.latest_runs(inc.id)).get(step.id)
+    async def _advance(self, inc: Incident, phase: Phase, step: StepBase, runs: dict[str, StepRun]) -> str:
+        """Bring one step to done/skipped; 'next', 'wait' or 'end'. ``runs``: the latest run of each step."""
+        latest = runs.get(step.id)
         if latest is not None:
             st = latest.status
-            if st in (StepStatus.DONE, StepStatus.SKIPPED):
+            if _settled(latest):
                 return "next"
-            if st is StepStatus.FAILED and latest.waiting is None:
-                return "next"  # on_failure: continue
             if st is StepStatus.RUNNING:
                 # The bot died while this step ran: its outcome is unknown.
                 if step.is_idempotent and not step.needs_person:
@@ -334,7 +386,8 @@ class Engine:
         if await self._abort_if_asked(inc):
             return "end"
         await self._resume(inc)
-        ctx = await self.context(inc.id)
+        # Nothing changed the step runs since ``runs`` was read (the incident's lock is held).
+        ctx = self._context(inc, runs)
         cond = step.condition
         if cond is not None:
             try:
@@ -367,8 +420,9 @@ class Engine:
             status = StepStatus.SKIPPED if value == "skip" else StepStatus.DONE
             await self.store.end_step(run.id, status, actor=user, error=f"{value} by {user}")
             return "next"
-        # retry / rerun: a new attempt
-        return await self._execute(inc, phase, step, await self.context(inc.id))
+        # retry / rerun: a new attempt (a retry on a host group re-runs only its failed hosts)
+        return await self._execute(inc, phase, step, await self.context(inc.id),
+                                   prior=run if value == "retry" else None)
 
     async def _approval(self, inc: Incident, phase: Phase, step: ApprovalStep, run: StepRun) -> str:
         policy = self.policies.get(step.policy, DEFAULT_POLICY)
@@ -392,7 +446,8 @@ class Engine:
 
     # ------------------------------------------------------------ executing
 
-    async def _execute(self, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any]) -> str:
+    async def _execute(self, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any], *,
+                       prior: StepRun | None = None) -> str:
         if isinstance(step, ApprovalStep):
             run = await self.store.begin_step(
                 inc.id, step.id, phase.id, status=StepStatus.WAITING,
@@ -423,11 +478,13 @@ class Engine:
             return await timed_steps.begin(self, inc, phase, step, ctx)
         # A machine step: the attempt is committed before its side effect begins.
         run = await self.store.begin_step(inc.id, step.id, phase.id)
-        await self._changed(inc.id)
+        await self._changed(inc.id, audit=False)
         started = time.monotonic()
         try:
-            result, output = await self._perform(inc, step, ctx)
+            result, output = await self._perform(inc, step, ctx, attempt=run.attempt, prior=prior)
             captures = self._captures(step, result, output)
+            if "failed_hosts" in result:  # a host group: every host's result stays with the step
+                captures.update(hosts=result["hosts"], failed_hosts=result["failed_hosts"])
         except (ActionError, TemplateError) as exc:
             return await self._failed(inc, step, run, exc)
         tail = output[-TAIL_CHARS:]
@@ -440,22 +497,26 @@ class Engine:
 
     async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
         out = ""
-        if isinstance(exc, CommandFailed | CommandTimeout):
+        if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed):
             out = self.redact(exc.stdout + exc.stderr)[-TAIL_CHARS:]
         error = self.redact(f"{type(exc).__name__}: {exc}")
         exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
+        # A host group's failure keeps every host's result: the view lists them, Retry reads them.
+        extra: dict[str, Any] = {}
+        if isinstance(exc, HostsFailed):
+            extra["captures"] = {"hosts": exc.hosts, "failed_hosts": exc.failed}
         if step.on_failure == "continue":
             await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
-                                      exit_status=exit_status)
+                                      exit_status=exit_status, **extra)
             return "next"
         if step.on_failure == "stop":
             await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
-                                      exit_status=exit_status)
+                                      exit_status=exit_status, **extra)
             await self._resume(await self.store.incident(inc.id))
             await self.store.apply(inc.id, Event.FAIL, data={"step": step.id, "error": error})
             return "end"
         await self.store.end_step(
-            run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status,
+            run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status, **extra,
             waiting={"kind": "failure", "prompt": f"{step.title} failed", "error": error,
                      "options": _opts(ANSWERS["failure"])},
         )
@@ -487,18 +548,22 @@ class Engine:
                     opts.append({"value": value, "label": label, "description": desc})
         return opts
 
-    async def _perform(self, inc: Incident, step: StepBase, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Do what the step says; returns (result, whole output)."""
+    async def _perform(self, inc: Incident, step: StepBase, ctx: dict[str, Any], *,
+                       attempt: int | None = None, prior: StepRun | None = None) -> tuple[dict[str, Any], str]:
+        """Do what the step says; returns (result, whole output). ``attempt`` names its artifacts;
+        ``prior`` is the failed attempt a retry follows."""
         if isinstance(step, WaitStep):
             await asyncio.sleep(step.seconds * self.time_scale)
             return {"waited": step.seconds * self.time_scale}, ""
         target = self._target(inc, step)
+        if isinstance(step, CommandStep) and target.hosts:
+            return await self._perform_group(inc, step, target, render_shell(step.run, ctx), attempt, prior)
         if isinstance(step, CommandStep):
             command = render_shell(step.run, ctx)
             res = await target.transport.run(command, timeout=step.timeout, cwd=target.settings.workdir)
             res = replace(res, stdout=self.redact(res.stdout), stderr=self.redact(res.stderr))
             output = res.stdout + (("\n[stderr]\n" + res.stderr) if res.stderr else "")
-            await self._artifact(inc, step, "log", output)
+            await self._artifact(inc, step, "log", output, attempt)
             result: dict[str, Any] = {"exit_status": res.exit_status, "stdout": res.stdout,
                                       "stderr": res.stderr}
             try:
@@ -514,8 +579,8 @@ class Engine:
             headers = {k: render_text(v, ctx) for k, v in step.headers.items()}
             body = render_value(step.json_body, ctx) if step.json_body is not None else None
             resp = await http_request(step.method, url, headers=headers, json_body=body,
-                                      timeout=step.timeout, client=self._http)
-            path = await self._artifact(inc, step, "body", resp.text)
+                                      timeout=step.timeout, client=self.http)
+            path = await self._artifact(inc, step, "body", resp.text, attempt)
             result = resp.as_dict()
             result["artifact"] = str(path)
             if resp.status not in step.expect_status:
@@ -528,7 +593,7 @@ class Engine:
             out = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
                                   python=target.settings.python, cwd=target.settings.workdir)
             text = self.redact(json.dumps(out, indent=1, sort_keys=True, default=str))
-            await self._artifact(inc, step, "json", text)
+            await self._artifact(inc, step, "json", text, attempt)
             if step.op in CHECK_OPS and out.get("ok") is False and step.on_failure != "continue":
                 # A check that finds a problem fails its step (the backup's verification stops the
                 # incident before any restore); "continue" steps record the result and go on.
@@ -539,10 +604,51 @@ class Engine:
             return await perform_record(self._record_context(inc, step), inc, step, ctx)
         raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")
 
+    async def _perform_group(self, inc: Incident, step: CommandStep, target: Target, command: str,
+                             attempt: int | None, prior: StepRun | None) -> tuple[dict[str, Any], str]:
+        """A command on every host of a group at once; ``HostsFailed`` names the hosts that failed.
+
+        A retry runs again only on the hosts that failed before: a command is not assumed
+        idempotent, and the hosts where it succeeded keep that result (marked with its attempt).
+        """
+        kept: dict[str, dict[str, Any]] = {}
+        if prior is not None and isinstance(prior.captures.get("hosts"), list):
+            kept = {h["host"]: {**h, "attempt": h.get("attempt", prior.attempt)}
+                    for h in prior.captures["hosts"] if isinstance(h, dict) and h.get("ok")}
+        todo = {name: t for name, t in target.hosts.items() if name not in kept}
+        results = await run_on_hosts(todo, command, timeout=step.timeout, cwd=target.settings.workdir,
+                                     concurrency=target.settings.group_concurrency)
+        fresh = {r.host: self._host_record(step, r, attempt) for r in results}
+        records = [kept.get(name) or fresh[name] for name in target.hosts]
+        failed = [r["host"] for r in records if not r["ok"]]
+        sections = [f"== {r.host}: {_host_state(fresh[r.host])} ==\n" + self.redact(
+            r.stdout + (("\n[stderr]\n" + r.stderr) if r.stderr else "")) for r in results]
+        summary = (f"{len(records) - len(failed)}/{len(records)} hosts ok"
+                   + (f" ({len(kept)} kept from an earlier attempt)" if kept else "")
+                   + (f"; failed: {', '.join(f'{h} ({_host_state(fresh[h])})' for h in failed)}" if failed else ""))
+        output = "\n".join([*sections, summary])
+        await self._artifact(inc, step, "log", output, attempt)
+        if failed:
+            raise HostsFailed(f"failed on {len(failed)} of {len(records)} hosts: "
+                              + ", ".join(f"{h} ({_host_state(fresh[h])})" for h in failed),
+                              hosts=records, failed=failed, output=output,
+                              outcome_unknown=any(fresh[h].get("outcome_unknown") for h in failed))
+        return {"exit_status": 0, "stdout": output, "stderr": "", "hosts": records, "failed_hosts": []}, output
+
+    def _host_record(self, step: CommandStep, r: HostResult, attempt: int | None) -> dict[str, Any]:
+        ok = r.error is None and r.exit_status in step.expect_exit
+        tail = self.redact(r.stdout + (("\n[stderr]\n" + r.stderr) if r.stderr else ""))[-HOST_TAIL_CHARS:]
+        record: dict[str, Any] = {"host": r.host, "ok": ok, "exit_status": r.exit_status,
+                                  "duration": round(r.duration, 3), "tail": tail, "attempt": attempt}
+        if r.error is not None:
+            record["error"] = self.redact(r.error)
+            record["outcome_unknown"] = r.outcome_unknown
+        return record
+
     def _record_context(self, inc: Incident, step: StepBase) -> RecordContext:
         target = self._target(inc, step)
         return RecordContext(self.store, self.runbook, target.settings, target.transport, self.records,
-                             self.audit, self.time_scale, self._http, self._changed)
+                             self.audit, self.time_scale, self.http, self._changed)
 
     def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
         captures: dict[str, Any] = {k: result[k] for k in getattr(step, "produces", ()) if k in result}
@@ -557,17 +663,31 @@ class Engine:
                 captures[name] = result if spec == "result" else lookup(result, spec)
         return captures
 
-    async def _artifact(self, inc: Incident, step: StepBase, ext: str, text: str) -> Path:
+    async def _artifact(self, inc: Incident, step: StepBase, ext: str, text: str, attempt: int | None) -> Path:
         folder = self.artifacts_dir / inc.id
         folder.mkdir(parents=True, exist_ok=True)
-        runs = await self.store.latest_runs(inc.id)
-        attempt = runs[step.id].attempt if step.id in runs else 1
+        if attempt is None:  # a step performed outside a run of its own (maintenance of a timed step)
+            runs = await self.store.latest_runs(inc.id)
+            attempt = runs[step.id].attempt if step.id in runs else 1
         path = folder / f"{step.id}.{attempt}.{ext}"
         data = self.redact(text).encode("utf-8", "replace")
         await asyncio.to_thread(path.write_bytes, data)
         await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
                                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         return path
+
+
+def _host_state(record: dict[str, Any]) -> str:
+    """``exit 0``, ``exit 3`` or the error that stopped the host."""
+    return str(record.get("error") or f"exit {record.get('exit_status')}")
+
+
+def _settled(run: StepRun | None) -> bool:
+    """A step run that needs nothing more: done, skipped, or failed with ``on_failure: continue``."""
+    if run is None:
+        return False
+    return run.status in (StepStatus.DONE, StepStatus.SKIPPED) or (
+        run.status is StepStatus.FAILED and run.waiting is None)
 
 
 def _rows(res: dict[str, Any]) -> list[dict[str, Any]]:

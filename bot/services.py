@@ -25,7 +25,6 @@ from bot.runbook import Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
 from bot.store import Store
-from bot.targets import open_transport
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,8 @@ class Services:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.publisher.close()
         for target in self.targets.values():
-            await target.transport.close()
+            await target.close()
+        await self.engine.aclose()
         await self.engine.audit.flush()
         await self.store.close()
 
@@ -139,7 +139,7 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
     store = await Store.open(config.state_db)
-    targets = {t.name: Target(t, open_transport(t)) for t in config.targets}
+    targets = {t.name: Target.open(t) for t in config.targets}
     publisher = ThreadPublisher(client=client, store=store, runbook=runbook, policy=policy,
                                 update_interval=config.slack.update_interval_seconds,
                                 retry_max=config.slack.retry_max_seconds,

@@ -11,8 +11,26 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from actions.transport import Transport
 
 
+class HostSpec(BaseModel):
+    """One host of a host group; what it leaves unset it takes from its target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="the host's name in results")
+    host: str | None = Field(default=None, description="address (default: the target's host)")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+    key_file: Path | None = None
+    known_hosts: Path | None = None
+
+
 class TargetSettings(BaseModel):
-    """One target: how to reach it and the values ``{{ target.* }}`` refers to."""
+    """One target: how to reach it and the values ``{{ target.* }}`` refers to.
+
+    With ``hosts`` the target is a host group: command steps run on every host at once
+    and succeed only if every host succeeds; everything else (SQLite operations, option
+    listings, record steps) runs on the first host, the group's primary.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +43,9 @@ class TargetSettings(BaseModel):
     known_hosts: Path | None = None
     connect_timeout: float = 10.0
     max_channels: int = Field(8, ge=1, le=8)
+    hosts: list[HostSpec] = Field(default_factory=list,
+                                  description="a host group: command steps fan out to every host")
+    group_concurrency: int = Field(20, ge=1, le=200, description="hosts of a group run at once, at most")
 
     workdir: str = Field(description="working directory of the app on the target")
     app_name: str = "orbis-forge-admin"
@@ -67,6 +88,28 @@ class TargetSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _hosts_unique(self) -> TargetSettings:
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target {self.name!r}: host names must be unique, got {names}")
+        return self
+
+    @property
+    def is_group(self) -> bool:
+        """True for a host group (``hosts`` given)."""
+        return bool(self.hosts)
+
+    def host_settings(self) -> list[TargetSettings]:
+        """One single-host settings per host of the group (the target itself when not a group)."""
+        if not self.hosts:
+            return [self]
+        out = []
+        for h in self.hosts:
+            values = {k: v for k, v in h.model_dump().items() if v is not None}
+            out.append(self.model_copy(update={**values, "hosts": []}))
+        return out
+
+    @model_validator(mode="after")
     def _app_rollback(self) -> TargetSettings:
         if self.app_rollback is None:
             self.app_rollback = "command" if self.app_rollback_command else "none"
@@ -85,11 +128,19 @@ class TargetSettings(BaseModel):
         data = self.model_dump(mode="json")
         for secretish in ("key_file", "known_hosts", "host", "port", "user", "transport"):
             data.pop(secretish, None)
+        data["hosts"] = [h.name for h in self.hosts]
         return data
 
 
+def open_transports(settings: TargetSettings) -> dict[str, Transport]:
+    """One transport per host of a group, by host name (connections open lazily)."""
+    return {h.name: open_transport(s) for h, s in zip(settings.hosts, settings.host_settings(), strict=True)}
+
+
 def open_transport(settings: TargetSettings) -> Transport:
-    """A transport for the target (connections open lazily on first use)."""
+    """A transport for the target, or a group's primary host (connections open lazily on first use)."""
+    if settings.hosts:
+        settings = settings.host_settings()[0]
     if settings.transport == "local":
         from actions.local import LocalTransport
 

@@ -92,7 +92,16 @@ class IncidentView:
 
 
 def _facts(run: StepRun) -> dict[str, Any]:
-    return {k: run.captures[k] for k in KEY_FACTS if k in run.captures}
+    facts = {k: run.captures[k] for k in KEY_FACTS if k in run.captures}
+    hosts = run.captures.get("hosts")
+    if isinstance(hosts, list) and hosts:  # a host group's step: how many hosts, which failed
+        failed = [h for h in hosts if isinstance(h, dict) and not h.get("ok")]
+        text = f"{len(hosts) - len(failed)}/{len(hosts)} ok"
+        if failed:
+            text += "; failed " + ", ".join(
+                f"{h.get('host')} ({h.get('error') or 'exit ' + str(h.get('exit_status'))})" for h in failed)
+        facts = {"hosts": text, **facts}
+    return facts
 
 
 def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> IncidentView:

@@ -118,6 +118,7 @@ async def run_drill(
             {"audit_log": root / "logs" / "governance.jsonl", "evidence_root": root / "evidence"}))
         engine = Engine(store, runbook, {"sandbox": Target(settings, transport)},
                         artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show, records=records)
+        closers.append(engine.aclose)
         inc = await store.create_incident(
             target="sandbox", runbook=runbook.name, severity="P1", decision="IMMEDIATE",
             inputs={"triggers": ["data_corruption"], "impact": "High", "business_risk": "Critical",
