@@ -25,7 +25,7 @@ import httpx
 
 from bot.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
 from bot.clock_settings import ClockSettings
-from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.lifecycle import FINAL, Status, StepStatus
 from bot.runbook import ApprovalStep, ManualStep
 from bot.scheduler import JobScheduler
 from bot.stability import SeriesPlan, StabilitySettings, check_once, consecutive_failures, summary
@@ -441,11 +441,7 @@ async def _series_tick(rt: ClockRuntime, incident_id: str, run_id: int) -> None:
     if inc.status in FINAL or run.status is not StepStatus.WAITING or (run.waiting or {}).get("kind") != "stability":
         return
     if inc.abort_reason:
-        async with rt.engine.lock(incident_id):
-            inc = await store.incident(incident_id)
-            if inc.status is Status.WAITING:
-                await store.apply(incident_id, Event.ABORT, data={"reason": inc.abort_reason})
-        await rt.changed(incident_id)
+        await rt.kick(incident_id)  # the engine applies the abort, through the compensation if any
         return
     assert run.waiting is not None
     plan = SeriesPlan.from_dict(run.waiting["plan"])

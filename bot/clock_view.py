@@ -57,7 +57,7 @@ def render_series(run: StepRun, checks: list[StabilityCheck], *, title: str) -> 
     if failed and not checks:
         return None  # the hold repeated after maintenance mode was re-enabled: no series of its own
     ran = [c for c in checks if c.outcome != "missed"]
-    icon = "⛔" if failed else ("✅" if done else "📈")
+    icon = "⛔" if failed else ("✅" if done else ("⏹️" if run.status is StepStatus.SKIPPED else "📈"))
     limit = f"latency limit {plan.latency_limit_ms:.0f} ms"
     if plan.baseline_ms:
         limit += f" (baseline {plan.baseline_ms:.0f} ms)"
@@ -81,6 +81,8 @@ def render_series(run: StepRun, checks: list[StabilityCheck], *, title: str) -> 
         context.append(f"{ok}/{len(ran)} ok so far")
     if failed:
         context.append("the next phase is held")
+    elif run.status is StepStatus.SKIPPED:
+        context.append("stopped: the rollback was stopped before the series ended")
     if context:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=clip(" · ".join(context), 2900))]))
     text = clip(f"{title}: {len(checks)}/{plan.checks} checks" + (" — failed" if failed else ""), 3000)

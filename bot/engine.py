@@ -33,7 +33,7 @@ from actions.fanout import HostResult, run_on_hosts
 from actions.http import http_request
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
-from bot import timed_steps
+from bot import compensation, timed_steps
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
@@ -74,6 +74,14 @@ ANSWERS = {
     "resume": ("rerun", "mark_done", "abort"),
     "manual": ("done",),
 }
+#: The same questions asked by a compensation step: there is nothing left to abort.
+COMPENSATION_ANSWERS = {
+    "failure": ("retry", "skip"),
+    "resume": ("rerun", "mark_done"),
+    "manual": ("done",),
+}
+#: Waiting kinds whose Abort gives up on a failure (compensation trigger ``failure``).
+FAILURE_KINDS = ("failure", "resume", "stability_failed")
 
 
 class EngineError(Exception):
@@ -194,12 +202,17 @@ class Engine:
         return self._locks.setdefault(incident_id, asyncio.Lock())
 
     async def waiting_for(self, incident_id: str) -> Waiting | None:
-        """What the incident waits for, if anything."""
+        """What the incident waits for, if anything (during a compensation: its questions only)."""
         inc = await self.store.incident(incident_id)
-        if inc.status is not Status.WAITING:
+        steps: list[tuple[Phase, StepBase]]
+        if inc.status is Status.COMPENSATING and self.runbook.compensation is not None:
+            steps = [(self.runbook.compensation, s) for s in self.runbook.compensation.steps]
+        elif inc.status is Status.WAITING:
+            steps = list(self.runbook.steps())
+        else:
             return None
         latest = await self.store.latest_runs(incident_id)
-        for phase, step in self.runbook.steps():
+        for phase, step in steps:
             run = latest.get(step.id)
             if run and run.waiting and run.answer is None and run.status in (
                 StepStatus.WAITING, StepStatus.FAILED, StepStatus.INTERRUPTED
@@ -215,6 +228,10 @@ class Engine:
         The first answer wins: a second click on an answered question is refused.
         """
         async with self._locks.setdefault(incident_id, asyncio.Lock()):
+            inc = await self.store.incident(incident_id)
+            if inc.status is Status.COMPENSATING and not self.runbook.is_compensation(step_id):
+                raise AnswerRefused(f"{incident_id} is being compensated after an abort or a failure: "
+                                    f"step {step_id!r} is no longer asked")
             latest = await self.store.latest_runs(incident_id)
             run = latest.get(step_id)
             if run is None or not run.waiting:
@@ -251,10 +268,16 @@ class Engine:
         return ok, why
 
     async def request_abort(self, incident_id: str, *, user: str, reason: str) -> Incident:
-        """Stop after the running step; an incident waiting for a person stops now."""
+        """Stop after the running step; an incident waiting for a person stops now.
+
+        When the run got past its gates and the runbook declares a compensation, the
+        incident becomes ``compensating``: the next ``run`` undoes what ran and ends it aborted.
+        """
         inc = await self.store.incident(incident_id)
         if inc.status in FINAL:
             raise AnswerRefused(f"incident {incident_id} is already {inc.status.value}")
+        if inc.status is Status.COMPENSATING:
+            raise AnswerRefused(f"incident {incident_id} is already being aborted: its compensation is running")
         await self.store.update_incident(incident_id, abort_reason=reason)
         await self.store.log(incident_id, "abort_requested", actor=user, data={"reason": reason})
         lock = self._locks.setdefault(incident_id, asyncio.Lock())
@@ -262,7 +285,7 @@ class Engine:
             async with lock:
                 inc = await self.store.incident(incident_id)
                 if inc.status in (Status.OPEN, Status.SCHEDULED, Status.WAITING):
-                    await self.store.apply(incident_id, Event.ABORT, actor=user, data={"reason": reason})
+                    await self._stop(inc, "abort", Event.ABORT, actor=user, data={"reason": reason})
         await self._changed(incident_id)
         return await self.store.incident(incident_id)
 
@@ -317,6 +340,13 @@ class Engine:
         inc = await self.store.incident(incident_id)
         if inc.status in FINAL:
             return inc
+        if inc.status in (Status.RUNNING, Status.WAITING) and inc.abort_reason:
+            # An abort asked for while a step ran (or while the bot was down) is applied now.
+            inc = await self._stop(inc, "abort", Event.ABORT, actor=None, data={"reason": inc.abort_reason})
+        if inc.status is Status.COMPENSATING:
+            return await self._compensate(incident_id)
+        if inc.status in FINAL:
+            return inc
         if inc.status in (Status.OPEN, Status.SCHEDULED):
             inc = await self.store.apply(incident_id, Event.START)
         latest: dict[str, StepRun] | None = None
@@ -337,7 +367,10 @@ class Engine:
                     inc = await self.store.apply(incident_id, Event.WAIT, data={"step": step.id})
                 return inc
             if outcome == "end":
-                return await self.store.incident(incident_id)
+                inc = await self.store.incident(incident_id)
+                if inc.status is Status.COMPENSATING:
+                    return await self._compensate(incident_id)
+                return inc
         inc = await self.store.incident(incident_id)
         if inc.status in FINAL:
             return inc
@@ -345,15 +378,69 @@ class Engine:
             inc = await self.store.apply(incident_id, Event.RESUME)
         return await self.store.apply(incident_id, Event.COMPLETE)
 
+    # ------------------------------------------------------------ compensation
+
+    async def _stop(self, inc: Incident, trigger: str, end: Event, *, actor: str | None,
+                    data: dict[str, Any]) -> Incident:
+        """End the run: through the runbook's compensation when it applies, else at once.
+
+        The compensation applies when the runbook declares one for ``trigger`` and the run
+        got past its gates (a step other than an approval or a window was reached).
+        """
+        comp = self.runbook.compensation
+        latest = await self.store.latest_runs(inc.id)
+        gates = {s.id for _, s in self.runbook.steps() if isinstance(s, ApprovalStep | WindowStep)}
+        reached = any(r.status is not StepStatus.SKIPPED and sid not in gates
+                      and not self.runbook.is_compensation(sid) for sid, r in latest.items())
+        if comp is None or trigger not in comp.triggers or not reached or inc.status not in (
+                Status.RUNNING, Status.WAITING):
+            return await self.store.apply(inc.id, end, actor=actor, data=data)
+        for run in latest.values():
+            # Questions of the phases are no longer asked (a stability series stops with them).
+            if run.status is StepStatus.WAITING and run.answer is None:
+                await self.store.end_step(run.id, StepStatus.SKIPPED, actor=actor,
+                                          error="not finished: the incident is being compensated")
+        return await self.store.apply(inc.id, Event.COMPENSATE, actor=actor, data={
+            **data, "trigger": trigger, "end": Status.FAILED.value if end is Event.FAIL else Status.ABORTED.value})
+
+    async def _compensate(self, incident_id: str) -> Incident:
+        """Run the compensation's steps until they are through (then end the incident) or one waits."""
+        comp = self.runbook.compensation
+        assert comp is not None
+        latest: dict[str, StepRun] | None = None
+        for step in comp.steps:
+            if latest is None:
+                latest = await self.store.latest_runs(incident_id)
+            if _settled(latest.get(step.id)):
+                continue
+            inc = await self.store.incident(incident_id)
+            if inc.status is not Status.COMPENSATING:
+                return inc
+            outcome = await self._advance(inc, comp, step, latest)
+            latest = None
+            await self._changed(incident_id)
+            if outcome == "wait":
+                return await self.store.incident(incident_id)
+            if outcome == "end":
+                return await self.store.incident(incident_id)
+        inc = await self.store.incident(incident_id)
+        if inc.status is not Status.COMPENSATING:
+            return inc
+        trig = compensation.trigger_of(await self.store.events(incident_id))
+        end = Event.FAIL if trig is not None and trig.end == Status.FAILED.value else Event.ABORT
+        return await self.store.apply(incident_id, end, data={"compensated": True})
+
     async def _resume(self, inc: Incident) -> Incident:
         if inc.status is Status.WAITING:
             return await self.store.apply(inc.id, Event.RESUME)
         return inc
 
     async def _abort_if_asked(self, inc: Incident) -> bool:
+        if inc.status is Status.COMPENSATING:
+            return False  # the compensation runs to its end
         if inc.abort_reason:
             if inc.status is not Status.ABORTED:
-                await self.store.apply(inc.id, Event.ABORT, data={"reason": inc.abort_reason})
+                await self._stop(inc, "abort", Event.ABORT, actor=None, data={"reason": inc.abort_reason})
             return True
         return False
 
@@ -374,7 +461,7 @@ class Engine:
                         latest.id, StepStatus.INTERRUPTED,
                         error="bot restarted while the step ran; it may have run",
                         waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot restarted",
-                                 "options": _opts(ANSWERS["resume"])},
+                                 "options": _opts(self._answers(step)["resume"])},
                     )
                     return "wait"
             elif latest.waiting is not None:
@@ -386,6 +473,11 @@ class Engine:
         if await self._abort_if_asked(inc):
             return "end"
         await self._resume(inc)
+        nothing = compensation.nothing_to_undo(step, runs)
+        if nothing:
+            run = await self.store.begin_step(inc.id, step.id, phase.id)
+            await self.store.end_step(run.id, StepStatus.SKIPPED, error=nothing)
+            return "next"
         # Nothing changed the step runs since ``runs`` was read (the incident's lock is held).
         ctx = self._context(inc, runs)
         cond = step.condition
@@ -406,7 +498,12 @@ class Engine:
         kind = run.waiting["kind"]
         await self._resume(inc)
         if value == "abort":
-            await self.store.apply(inc.id, Event.ABORT, actor=user, data={"step": step.id})
+            # Abort after a failure is giving up on it: the compensation's "failure" trigger.
+            trigger = "failure" if kind in FAILURE_KINDS else "abort"
+            reason = f"{user} gave up after {step.title!r} failed" if trigger == "failure" else f"aborted by {user}"
+            await self.store.update_incident(inc.id, abort_reason=reason)
+            inc = await self.store.incident(inc.id)
+            await self._stop(inc, trigger, Event.ABORT, actor=user, data={"step": step.id, "reason": reason})
             return "end"
         if kind == "stability_failed":
             return await timed_steps.answer(self, inc, phase, step, run)
@@ -512,22 +609,27 @@ class Engine:
         if step.on_failure == "stop":
             await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
                                       exit_status=exit_status, **extra)
-            await self._resume(await self.store.incident(inc.id))
-            await self.store.apply(inc.id, Event.FAIL, data={"step": step.id, "error": error})
+            inc = await self.store.incident(inc.id)
+            await self._stop(inc, "failure", Event.FAIL, actor=None,
+                             data={"step": step.id, "error": error, "reason": f"{step.title} failed: {error}"})
             return "end"
         await self.store.end_step(
             run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status, **extra,
             waiting={"kind": "failure", "prompt": f"{step.title} failed", "error": error,
-                     "options": _opts(ANSWERS["failure"])},
+                     "options": _opts(self._answers(step)["failure"])},
         )
         return "wait"
+
+    def _answers(self, step: StepBase) -> dict[str, tuple[str, ...]]:
+        """The answers a question of this step offers (no Abort inside the compensation)."""
+        return COMPENSATION_ANSWERS if self.runbook.is_compensation(step.id) else ANSWERS
 
     def _target(self, inc: Incident, step: StepBase) -> Target:
         return self.targets[step.target or inc.target]
 
     async def _options(self, inc: Incident, step: ChoiceStep | ManualStep, ctx: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(step, ManualStep):
-            return _opts(ANSWERS["manual"])
+            return _opts(self._answers(step)["manual"])
         opts = [o.model_dump() for o in step.options]
         if step.options_from is not None and step.options_from.op == "github_releases":
             listed, pick = await release_options(self._record_context(inc, step),

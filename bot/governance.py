@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bot.compensation import outcome
 from bot.metrics import (
     STRATEGY_METHODS,
     Facts,
@@ -106,7 +107,9 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
     final_ok = f.capture("health_final", "status") == 200
     users = affected_users(f)
     triggers = inputs.get("trigger_labels") or inputs.get("triggers") or []
-    return {
+    # A rollback stopped half-way (aborted, or given up after a failure) is recorded as such.
+    stopped = outcome(f.runbook, f.incident, f.runs, f.events)
+    record: dict[str, Any] = {
         "timestamp": _iso(now),
         "event_type": cfg.event_type,
         "user_id": cfg.user_id,
@@ -114,7 +117,7 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
         "resource_type": cfg.resource_type,
         "resource_id": cfg.resource_id,
         "action": cfg.action,
-        "success": bool(integrity and final_ok),
+        "success": bool(integrity and final_ok) and stopped is None,
         "details": {
             "operation": cfg.operation,
             "incident_id": inc.id,
@@ -158,6 +161,10 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
             "target": inc.target,
         },
     }
+    if stopped is not None:
+        record["details"]["outcome"] = stopped.as_dict()
+        record["details"]["business_impact"]["service_restoration"] = "stopped before its end"
+    return record
 
 
 def db_row(record: dict[str, Any]) -> dict[str, Any]:

@@ -173,8 +173,10 @@ async def _abort(services: Services, *, user_id: str, channel_id: str, rest: str
     except AnswerRefused as exc:
         raise Refused(str(exc)) from None
     services.run_incident(inc.id)
-    await ephemeral(services, channel=channel_id, user=user_id,
-                    text=f"Abort of {inc.id} requested: it stops after the running step.")
+    text = f"Abort of {inc.id} requested: it stops after the running step."
+    if services.runbook.compensation is not None:
+        text += " Then the compensation undoes what ran; the thread says what state production is in."
+    await ephemeral(services, channel=channel_id, user=user_id, text=text)
 
 
 # ---------------------------------------------------------------- the start modal

@@ -16,6 +16,7 @@ class Status(StrEnum):
     SCHEDULED = "scheduled"            # P3: waits for the maintenance window
     RUNNING = "running"                # the engine is running steps
     WAITING = "waiting"                # a step waits for a person (approval, choice, retry...)
+    COMPENSATING = "compensating"      # aborted or given up: the runbook's compensation runs
     COMPLETED = "completed"
     FAILED = "failed"
     ABORTED = "aborted"
@@ -35,6 +36,7 @@ class Event(StrEnum):
     ABORT = "abort"
     REJECT = "reject"
     CLOSE = "close"
+    COMPENSATE = "compensate"          # abort or give up: undo what ran before the incident ends
 
 
 FINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.ABORTED, Status.REJECTED, Status.CLOSED})
@@ -57,6 +59,12 @@ TRANSITIONS: dict[tuple[Status, Event], Status] = {
     (Status.WAITING, Event.ABORT): Status.ABORTED,
     (Status.WAITING, Event.REJECT): Status.REJECTED,
     (Status.WAITING, Event.FAIL): Status.FAILED,
+    # An abort, or a failure a person gives up on, runs the runbook's compensation first;
+    # the incident ends aborted or failed when the compensation is through.
+    (Status.RUNNING, Event.COMPENSATE): Status.COMPENSATING,
+    (Status.WAITING, Event.COMPENSATE): Status.COMPENSATING,
+    (Status.COMPENSATING, Event.ABORT): Status.ABORTED,
+    (Status.COMPENSATING, Event.FAIL): Status.FAILED,
 }
 
 

@@ -133,6 +133,12 @@ class StepBase(_Model):
     when: str | None = None
     destructive: bool = False
     guidance: str = ""
+    #: Compensation steps only: the steps of the phases this one undoes; it runs only when
+    #: at least one of them was started (see ``Compensation``).
+    undoes: list[str] = Field(default_factory=list)
+    #: Compensation steps only: skipped when one of these steps of the phases is done (the
+    #: run itself already undid what this step would).
+    unless_done: list[str] = Field(default_factory=list)
 
     @field_validator("when")
     @classmethod
@@ -448,6 +454,32 @@ class Phase(_Model):
     steps: list[Step] = Field(min_length=1)
 
 
+CompensationTrigger = Literal["abort", "failure"]
+_TRIGGERS: tuple[CompensationTrigger, ...] = ("abort", "failure")
+#: Step kinds a compensation cannot use: it runs to its end without gates or the clock.
+NOT_IN_COMPENSATION = frozenset({"approval", "stability", "window"})
+
+
+class Compensation(Phase):
+    """What leaves production safe when a run stops half-way (AWS SSM's onCancel / onFailure):
+    on an abort, and on a failure a person gives up on (or a step with ``on_failure: stop``).
+
+    Its steps are of the usual kinds, journaled like any other; a step that names the steps
+    it ``undoes`` runs only when one of them was started. ``statement`` is what the thread
+    says at the end about the state production is in (templates on captures and choices).
+    """
+
+    id: Annotated[str, Field(pattern=_ID, max_length=64)] = "compensation"
+    title: str = "Compensation: leave production safe"
+    triggers: list[CompensationTrigger] = Field(default_factory=lambda: list(_TRIGGERS), min_length=1)
+    statement: list[str] = Field(default_factory=list)
+
+    def statement_refs(self) -> Iterator[Ref]:
+        """Every template reference in the statement lines."""
+        for line in self.statement:
+            yield from value_refs(line)
+
+
 class Runbook(_Model):
     """A whole runbook."""
 
@@ -455,6 +487,7 @@ class Runbook(_Model):
     version: str = "1"
     description: str = ""
     phases: list[Phase] = Field(min_length=1)
+    compensation: Compensation | None = None
 
     def steps(self) -> Iterator[tuple[Phase, StepBase]]:
         """Every (phase, step) in order."""
@@ -462,18 +495,27 @@ class Runbook(_Model):
             for step in phase.steps:
                 yield phase, step
 
+    def all_phases(self) -> list[Phase]:
+        """The phases, then the compensation (when the runbook declares one)."""
+        return [*self.phases, *([self.compensation] if self.compensation else [])]
+
     def step(self, step_id: str) -> StepBase:
-        """The step with this id; KeyError if none."""
-        for _, step in self.steps():
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        """The step with this id (a phase's or the compensation's); KeyError if none."""
+        return self._find(step_id)[1]
 
     def phase_of(self, step_id: str) -> Phase:
-        """The phase that holds this step."""
-        for phase, step in self.steps():
-            if step.id == step_id:
-                return phase
+        """The phase (or the compensation) that holds this step."""
+        return self._find(step_id)[0]
+
+    def is_compensation(self, step_id: str) -> bool:
+        """True for a step of the compensation."""
+        return self.compensation is not None and any(s.id == step_id for s in self.compensation.steps)
+
+    def _find(self, step_id: str) -> tuple[Phase, StepBase]:
+        for phase in self.all_phases():
+            for step in phase.steps:
+                if step.id == step_id:
+                    return phase, step
         raise KeyError(step_id)
 
 
@@ -519,16 +561,20 @@ def _key_node(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     return _node_at(node, loc)
 
 
-def _step_label(data: Any, loc: tuple[Any, ...]) -> str:
-    """'step 'backup'' or 'phase 'x'' for the start of a message."""
+def _step_label(data: Any, loc: tuple[Any, ...]) -> tuple[str, int]:
+    """('step 'backup': ', how many loc parts it names) for the start of a message."""
     try:
         if len(loc) >= 4 and loc[0] == "phases" and loc[2] == "steps":
-            return f"step {data['phases'][loc[1]]['steps'][loc[3]]['id']!r}: "
+            return f"step {data['phases'][loc[1]]['steps'][loc[3]]['id']!r}: ", 4
         if len(loc) >= 2 and loc[0] == "phases":
-            return f"phase {data['phases'][loc[1]]['id']!r}: "
+            return f"phase {data['phases'][loc[1]]['id']!r}: ", 2
+        if len(loc) >= 3 and loc[0] == "compensation" and loc[1] == "steps":
+            return f"compensation step {data['compensation']['steps'][loc[2]]['id']!r}: ", 3
+        if loc and loc[0] == "compensation":
+            return "compensation: ", 1
     except (KeyError, IndexError, TypeError):
         pass
-    return ""
+    return "", 0
 
 
 def _describe(err: Any, skip: int) -> str:
@@ -549,47 +595,92 @@ _KINDS = {"command", "http", "sqlite", "choice", "manual", "approval", "wait", "
           "github_workflow", "governance", "evidence_archive", "report", "notify"}
 
 
+_STATEMENT = "\0statement"
+
+
+def _bad_ref(ref: Ref, captures: dict[str, set[str]], choices: set[str]) -> str | None:
+    """Why a reference names nothing an earlier step or the settings provide; None when fine."""
+    parts = ref.parts
+    root = parts[0]
+    if root not in ROOTS:
+        return f"unknown root {root!r} (one of {', '.join(ROOTS)})"
+    if ref.raw and root != "target":
+        return "'| raw' is only allowed on target settings"
+    if root == "target" and (len(parts) != 2 or parts[1] not in TARGET_FIELDS):
+        return "not a target setting"
+    if root == "captures":
+        if len(parts) < 3 or parts[1] not in captures:
+            return "no earlier step captures it"
+        if parts[2] not in captures[parts[1]]:
+            return f"step {parts[1]!r} captures no {parts[2]!r}"
+    if root == "choices" and (len(parts) != 2 or parts[1] not in choices):
+        return "no earlier choice step has this id"
+    return None
+
+
 def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
-    """References must name target settings, or captures/choices of earlier steps."""
+    """References must name target settings, or captures/choices of earlier steps; the
+    compensation comes after every phase and may read any of their steps."""
     problems: list[tuple[int, str]] = []
     captures: dict[str, set[str]] = {}
     choices: set[str] = set()
     seen: set[str] = set()
-    for _, step in rb.steps():
-        line = where.get(step.id, 0)
-        if step.id in seen:
-            problems.append((line, f"step {step.id!r}: duplicate step id"))
-        seen.add(step.id)
-        refs_here = list(step.template_refs())
-        cond = step.condition
-        if cond:
-            refs_here.append(Ref(cond.ref, False))
-        for ref in refs_here:
-            parts = ref.parts
-            root = parts[0]
-            bad = None
-            if root not in ROOTS:
-                bad = f"unknown root {root!r} (one of {', '.join(ROOTS)})"
-            elif ref.raw and root != "target":
-                bad = "'| raw' is only allowed on target settings"
-            elif root == "target" and (len(parts) != 2 or parts[1] not in TARGET_FIELDS):
-                bad = "not a target setting"
-            elif root == "captures":
-                if len(parts) < 3 or parts[1] not in captures:
-                    bad = "no earlier step captures it"
-                elif parts[2] not in captures[parts[1]]:
-                    bad = f"step {parts[1]!r} captures no {parts[2]!r}"
-            elif root == "choices" and (len(parts) != 2 or parts[1] not in choices):
-                bad = "no earlier choice step has this id"
+    main = {s.id for _, s in rb.steps()}
+    comp_ids = {s.id for s in rb.compensation.steps} if rb.compensation else set()
+    for phase in rb.all_phases():
+        in_comp = phase is rb.compensation
+        label = "compensation step" if in_comp else "step"
+        for step in phase.steps:
+            line = where.get(step.id, 0)
+            if step.id in seen:
+                problems.append((line, f"{label} {step.id!r}: duplicate step id"))
+            seen.add(step.id)
+            refs_here = list(step.template_refs())
+            cond = step.condition
+            if cond:
+                refs_here.append(Ref(cond.ref, False))
+            for ref in refs_here:
+                bad = _bad_ref(ref, captures, choices)
+                if bad:
+                    problems.append((line, f"{label} {step.id!r}: bad reference {ref.path!r}: {bad}"))
+            if isinstance(step, StabilityStep) and step.maintenance_step and step.maintenance_step not in seen:
+                problems.append((line, f"step {step.id!r}: maintenance_step {step.maintenance_step!r} "
+                                       "is not an earlier step"))
+            problems += [(line, msg) for msg in _compensation_rules(step, in_comp, main, comp_ids)]
+            captures[step.id] = set(step.captures) | set(getattr(step, "produces", ()))
+            if isinstance(step, ChoiceStep):
+                choices.add(step.id)
+    if rb.compensation is not None:
+        for ref in rb.compensation.statement_refs():
+            bad = _bad_ref(ref, captures, choices)
+            if bad is None and ref.parts[0] not in ("captures", "choices", "incident"):
+                bad = "the statement reads captures, choices and incident only"
             if bad:
-                problems.append((line, f"step {step.id!r}: bad reference {ref.path!r}: {bad}"))
-        if isinstance(step, StabilityStep) and step.maintenance_step and step.maintenance_step not in seen:
-            problems.append((line, f"step {step.id!r}: maintenance_step {step.maintenance_step!r} "
-                                   "is not an earlier step"))
-        captures[step.id] = set(step.captures) | set(getattr(step, "produces", ()))
-        if isinstance(step, ChoiceStep):
-            choices.add(step.id)
+                problems.append((where.get(_STATEMENT, 0),
+                                 f"compensation statement: bad reference {ref.path!r}: {bad}"))
     return problems
+
+
+def _compensation_rules(step: StepBase, in_comp: bool, main: set[str], comp_ids: set[str]) -> list[str]:
+    """What a step of the compensation may not do, and ``undoes`` outside it."""
+    kind = getattr(step, "kind", "?")
+    if not in_comp:
+        return [f"step {step.id!r}: {name!r} is only for steps of the compensation"
+                for name, used in (("undoes", step.undoes), ("unless_done", step.unless_done)) if used]
+    out = []
+    if kind in NOT_IN_COMPENSATION:
+        out.append(f"compensation step {step.id!r}: kind {kind!r} cannot run in the compensation "
+                   "(it runs to its end without gates or scheduled waits)")
+    if step.on_failure == "stop":
+        out.append(f"compensation step {step.id!r}: on_failure 'stop' would end the incident half undone; "
+                   "use 'ask' (Retry / Skip) or 'continue'")
+    for field_name, names in (("undoes", step.undoes), ("unless_done", step.unless_done)):
+        for name in names:
+            if name in comp_ids:
+                out.append(f"compensation step {step.id!r}: {field_name} {name!r}, a step of the compensation itself")
+            elif name not in main:
+                out.append(f"compensation step {step.id!r}: {field_name} {name!r}, which is no step of the phases")
+    return out
 
 
 def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
@@ -611,15 +702,20 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
             loc = tuple(err["loc"])
             node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
             line = node.start_mark.line + 1 if node is not None else 0
-            label = _step_label(data, loc)
-            skip = 4 if label.startswith("step") else 2 if label.startswith("phase") else 0
+            label, skip = _step_label(data, loc)
             problems.append(f"{filename}:{line}: {label}{_describe(err, skip)}")
         raise RunbookError(problems) from None
-    where = {}
+    where: dict[str, int] = {}
     for pi, phase in enumerate(rb.phases):
         for si, step in enumerate(phase.steps):
             node = _node_at(root, ("phases", pi, "steps", si))
-            where[step.id] = node.start_mark.line + 1 if node is not None else 0
+            where.setdefault(step.id, node.start_mark.line + 1 if node is not None else 0)
+    if rb.compensation is not None:
+        for si, step in enumerate(rb.compensation.steps):
+            node = _node_at(root, ("compensation", "steps", si))
+            where.setdefault(step.id, node.start_mark.line + 1 if node is not None else 0)
+        node = _node_at(root, ("compensation", "statement"))
+        where[_STATEMENT] = node.start_mark.line + 1 if node is not None else 0
     problems2 = _check_refs(rb, where)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
@@ -652,8 +748,9 @@ def default_runbook() -> Runbook:
 def tree(rb: Runbook) -> str:
     """A printable phase/step tree."""
     lines = [f"{rb.name} (version {rb.version})"]
-    for phase in rb.phases:
-        lines.append(f"  {phase.title} [{phase.id}]" + (f"  ({phase.timeline})" if phase.timeline else ""))
+    for phase in rb.all_phases():
+        when = f"  (on {', '.join(rb.compensation.triggers)})" if rb.compensation is phase and rb.compensation else ""
+        lines.append(f"  {phase.title} [{phase.id}]" + (f"  ({phase.timeline})" if phase.timeline else "") + when)
         for step in phase.steps:
             flags = []
             if step.has_side_effect:
@@ -662,6 +759,10 @@ def tree(rb: Runbook) -> str:
                 flags.append("destructive")
             if step.when:
                 flags.append(f"when {step.when}")
+            if step.undoes:
+                flags.append(f"undoes {', '.join(step.undoes)}")
+            if step.unless_done:
+                flags.append(f"unless done: {', '.join(step.unless_done)}")
             extra = f"  [{', '.join(flags)}]" if flags else ""
             kind = getattr(step, "kind", "?")
             lines.append(f"    - {step.id}: {kind} — {step.title}{extra}")

@@ -109,7 +109,7 @@ class Services:
         await self.publisher.catch_up()
         await self.engine.audit.flush()  # events journaled while the bot was down
         for inc in await self.store.incidents(active_only=True):
-            if inc.status in (Status.RUNNING,):
+            if inc.status in (Status.RUNNING, Status.COMPENSATING):
                 self.run_incident(inc.id)
         if self.clock is not None:
             await self.clock.start()  # jobs that fell while the bot was down run now

@@ -41,6 +41,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import compensation
 from bot.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
 from bot.lifecycle import FINAL, Status
 from bot.report import metrics_text
@@ -66,6 +67,7 @@ STATUS_WORDS = {
     Status.SCHEDULED: "scheduled",
     Status.RUNNING: "running",
     Status.WAITING: "waiting for a person",
+    Status.COMPENSATING: "stopping: undoing what ran",
     Status.COMPLETED: "completed",
     Status.FAILED: "failed",
     Status.ABORTED: "aborted",
@@ -73,7 +75,7 @@ STATUS_WORDS = {
     Status.CLOSED: "closed (no rollback)",
 }
 STATUS_ICONS = {
-    Status.OPEN: "🟡", Status.SCHEDULED: "🗓️", Status.RUNNING: "🔄", Status.WAITING: "⏸️",
+    Status.OPEN: "🟡", Status.SCHEDULED: "🗓️", Status.RUNNING: "🔄", Status.WAITING: "⏸️", Status.COMPENSATING: "↩️",
     Status.COMPLETED: "✅", Status.FAILED: "❌", Status.ABORTED: "🛑", Status.REJECTED: "🚫",
     Status.CLOSED: "⚪",
 }
@@ -309,7 +311,8 @@ def render_question(inc: Incident, run: StepRun, *, title: str, guidance: str, c
     elif current and inc.status not in FINAL:
         blocks.append(_answer_actions(inc, run, options, destructive, kind))
     else:
-        why = f"the incident is {inc.status.value}" if inc.status in FINAL else "superseded by a later attempt"
+        why = (f"the incident is {inc.status.value}" if inc.status in FINAL or inc.status is Status.COMPENSATING
+               else "superseded by a later attempt")
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"No longer asked: {why}.")]))
     text = f"{inc.id}: {prompt}"
     return Rendered(f"ask:{run.id}", clip(text, 3000), blocks)
@@ -388,7 +391,10 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
     inc = state.incident
     out = [render_root(inc), *clock_view.schedule_messages(state)]
     latest = {r.step_id: r for r in state.runs}
-    phases = {p.id: p for p in runbook.phases}
+    phases = {p.id: p for p in runbook.all_phases()}
+    # While the compensation runs, only its own questions take answers.
+    answerable = {s.id for s in runbook.compensation.steps} if (
+        inc.status is Status.COMPENSATING and runbook.compensation) else None
     questions: dict[str, list[StepRun]] = {}
     for r in state.runs:
         # Timed steps (stability series, maintenance window) have messages of their own.
@@ -419,7 +425,8 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
             while series and series[0][0] <= r.id:
                 out.append(series.pop(0)[1])
             step = runbook.step(r.step_id)
-            current = latest.get(r.step_id) is r and r.answer is None
+            current = latest.get(r.step_id) is r and r.answer is None and (
+                answerable is None or r.step_id in answerable)
             out.append(render_question(inc, r, title=step.title, guidance=step.guidance, current=current,
                                        destructive=_destructive_after(runbook, r.step_id),
                                        uploaded=r.id in files))
@@ -448,11 +455,29 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
             out.append(Rendered("file:report", f"{inc.id}: post-incident report",
                                 file=Path(str(report.captures["report_path"]))))
         end = render_milestone("milestone:end", _final_line(state))
+        stopped = compensation.outcome(runbook, inc, state.runs, state.events)
+        if stopped is not None:
+            end.blocks += _sections(statement_lines(stopped))
         if done and report is not None and report.captures.get("metrics"):
             end.blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(metrics_text(
                 list(report.captures["metrics"]), str(report.captures.get("overall") or ""))))))
         out.append(end)
     return out
+
+
+def statement_lines(stopped: compensation.Outcome) -> list[str]:
+    """The compensation's account as mrkdwn lines: production's state, undone, not undone."""
+    lines = ["*Production is now:* " + _esc("; ".join(stopped.state) or "not measured")]
+    if stopped.undone:
+        lines.append("*Undone:*")
+        lines += [f"• {_esc(line)}" for line in stopped.undone]
+    if stopped.not_undone:
+        lines.append("*Not undone:*")
+        lines += [f"• {_esc(line)}" for line in stopped.not_undone]
+    if stopped.pending:
+        lines.append("*Still to do:*")
+        lines += [f"• {_esc(line)}" for line in stopped.pending]
+    return lines
 
 
 def _final_line(state: ThreadState) -> str:

@@ -23,6 +23,8 @@ def render_lines(view: IncidentView, *, width: int = 110) -> list[str]:
             if s.status in ("failed", "interrupted") and s.error:
                 line += f" — {short(s.error, 60)}"
             lines.append(line[:width])
+    if view.stopped is not None:
+        lines += [line[:width] for line in view.stopped.lines()]
     return lines
 
 

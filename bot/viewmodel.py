@@ -10,7 +10,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.lifecycle import StepStatus
+from bot.compensation import Outcome, outcome
+from bot.lifecycle import Status, StepStatus
 from bot.runbook import Runbook
 from bot.store import Incident, StepRun, Store
 
@@ -80,6 +81,8 @@ class IncidentView:
 
     incident: Incident
     phases: list[PhaseView]
+    #: After an abort or a failure given up on: the compensation's account (see ``bot.compensation``).
+    stopped: Outcome | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -105,9 +108,13 @@ def _facts(run: StepRun) -> dict[str, Any]:
 
 
 def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> IncidentView:
-    """The view of an incident from its latest step runs."""
+    """The view of an incident from its latest step runs (the compensation once it ran)."""
     phases = []
-    for phase in runbook.phases:
+    comp = runbook.compensation
+    shown = list(runbook.phases)
+    if comp is not None and (incident.status is Status.COMPENSATING or any(s.id in runs for s in comp.steps)):
+        shown.append(comp)
+    for phase in shown:
         pv = PhaseView(phase.id, phase.title)
         for step in phase.steps:
             run = runs.get(step.id)
@@ -127,7 +134,12 @@ def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> Inc
 
 async def load(store: Store, runbook: Runbook, incident_id: str) -> IncidentView:
     """Load an incident's view from the store."""
-    return build(runbook, await store.incident(incident_id), await store.latest_runs(incident_id))
+    inc = await store.incident(incident_id)
+    runs = await store.latest_runs(incident_id)
+    view = build(runbook, inc, runs)
+    if inc.status in (Status.COMPENSATING, Status.ABORTED, Status.FAILED):
+        view.stopped = outcome(runbook, inc, runs.values(), await store.events(incident_id))
+    return view
 
 
 def short(value: Any, limit: int = 80) -> str:

@@ -1,6 +1,6 @@
 """A bot process for the crash-resume test: runs one incident of a runbook with the engine.
 
-    python -m tests.crash_runner STATE_DB WORKDIR RUNBOOK [--answer STEP=VALUE]
+    python -m tests.crash_runner STATE_DB WORKDIR RUNBOOK [--answer STEP=VALUE] [--abort REASON]
 
 Prints one JSON line with the incident's status and what it waits for. The test kills
 this process with SIGKILL in the middle of a step and starts it again.
@@ -32,6 +32,8 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
         if args.answer:
             step, value = args.answer.split("=", 1)
             await engine.answer(inc.id, step, value, user="U1")
+        if args.abort:
+            await engine.request_abort(inc.id, user="U1", reason=args.abort)
         inc = await engine.run(inc.id)
         w = await engine.waiting_for(inc.id)
         return {"status": inc.status.value, "waiting": w.kind if w else None, "step": w.step_id if w else None}
@@ -47,6 +49,7 @@ def main() -> None:
     p.add_argument("workdir")
     p.add_argument("runbook")
     p.add_argument("--answer")
+    p.add_argument("--abort")
     print(json.dumps(asyncio.run(_main(p.parse_args()))), flush=True)
 
 

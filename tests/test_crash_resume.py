@@ -110,3 +110,58 @@ def test_killed_during_an_idempotent_step_re_runs_it(tmp: Path) -> None:
     assert text.count("first") == 1 and text.count("once-start") == 1
     assert text.count("again-start") == 2  # re-run after the crash
     assert text.count("again-end") >= 1
+
+
+COMPENSATION_RUNBOOK = textwrap.dedent("""\
+    name: crash-comp
+    phases:
+      - id: p
+        title: P
+        steps:
+          - id: change
+            title: Change
+            kind: command
+            idempotent: true
+            run: "echo changed >> log.txt"
+          - id: pick
+            title: Pick
+            kind: choice
+            prompt: Which?
+            options: [{value: "A", label: "A"}]
+    compensation:
+      steps:
+        - id: undo
+          title: Undo the change
+          kind: command
+          idempotent: {idempotent}
+          undoes: [change]
+          timeout: 20
+          run: "echo undo-start >> log.txt; sleep 3; echo undo-end >> log.txt"
+        - id: after
+          title: After the undo
+          kind: command
+          idempotent: true
+          run: "echo after >> log.txt"
+    """)
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_killed_during_the_compensation_resumes_it(tmp: Path, idempotent: bool) -> None:
+    (tmp / "runbook.yml").write_text(COMPENSATION_RUNBOOK.replace("{idempotent}", str(idempotent).lower()))
+    log = tmp / "work" / "log.txt"
+    assert _finish(_runner(tmp)) == {"status": "waiting", "waiting": "choice", "step": "pick"}
+    proc = _runner(tmp, "--abort", "wrong deployment")
+    _wait_for(log, "undo-start", proc)
+    _kill(proc)  # the bot dies in the middle of the compensation
+    state = _finish(_runner(tmp))
+    if idempotent:
+        # The compensation resumes by itself: the interrupted undo runs again, then the rest.
+        assert state == {"status": "aborted", "waiting": None, "step": None}
+        assert log.read_text().count("undo-start") == 2 and log.read_text().count("after") == 1
+        return
+    # Not idempotent: a person says whether it ran; there is no Abort in a compensation.
+    assert state == {"status": "compensating", "waiting": "resume", "step": "undo"}
+    assert log.read_text().count("undo-start") == 1 and "after" not in log.read_text()
+    state = _finish(_runner(tmp, "--answer", "undo=rerun"))
+    assert state == {"status": "aborted", "waiting": None, "step": None}
+    assert log.read_text().count("undo-start") == 2 and log.read_text().count("after") == 1
