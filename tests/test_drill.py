@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -32,8 +33,16 @@ async def test_drill_passes_for_each_strategy(strategy: str, tmp_path: Path) -> 
     print_result(result, out, kept=True)
     text = out.getvalue()
     assert "DRILL PASSED" in text and "Recovery time:" in text and "Data loss: 0 records" in text
-    # the terminal view showed the checklist as it went
+    # the terminal view showed the checklist as it went, and the stability checks as they ran
     assert "restoration/" in text
+    assert re.search(r"^    stability_checks [✓✗·]  1/15 ", text, re.MULTILINE), text[-3000:]
+    # the ending names where the record is; without --keep it says it is gone and how to keep it
+    assert f"Evidence archive: {result.evidence}" in text and f"Audit log: {result.audit_log}" in text
+    assert result.report is not None and f"Report: {result.report}" in text and result.report.is_file()
+    gone = io.StringIO()
+    print_result(result, gone, kept=False)
+    assert "removed with its evidence archive, report and audit log; run the drill with --keep" in gone.getvalue()
+    assert "Evidence archive:" not in gone.getvalue()
 
 
 async def test_drill_through_real_sshd(tmp_path: Path) -> None:

@@ -48,6 +48,10 @@ class DrillResult:
     recovery_seconds: float
     root: Path
     notes: list[str] = field(default_factory=list)
+    #: Where the record is (inside ``root``: removed with it unless the drill keeps it).
+    evidence: Path | None = None
+    report: Path | None = None
+    audit_log: Path | None = None
 
 
 def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
@@ -89,7 +93,14 @@ async def run_drill(
     root = root or Path(tempfile.mkdtemp(prefix="rollback-drill-"))
     runbook = runbook or default_runbook()
     view = TerminalView(out)
-    sandbox = await asyncio.to_thread(build_sandbox, root / "target")
+    view.note("Building the sandbox production: database with the plan's tables, backups, "
+              "a bad deployment, the app under its process manager")
+    try:
+        sandbox = await asyncio.to_thread(build_sandbox, root / "target")
+    except BaseException:
+        view.close()
+        raise
+    view.note(f"Sandbox built in {root} (app under {sandbox.process_manager})")
     stack = contextlib.ExitStack()
     store: Store | None = None
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -99,6 +110,7 @@ async def run_drill(
         if use_ssh:
             from bot.drill.sshd import start_sshd
 
+            view.note("Starting sshd on 127.0.0.1 with its own host key")
             sshd = await asyncio.to_thread(stack.enter_context, start_sshd(root / "sshd"))
             settings = TargetSettings.model_validate({
                 "name": "sandbox", "transport": "ssh", "host": sshd.host, "port": sshd.port,
@@ -112,7 +124,7 @@ async def run_drill(
 
         async def show(incident_id: str) -> None:
             assert store is not None
-            view.show(await load(store, runbook, incident_id))
+            view.show(await load(store, runbook, incident_id), await store.stability_checks(incident_id))
 
         records = Records.open(RecordsConfig.model_validate(
             {"audit_log": root / "logs" / "governance.jsonl", "evidence_root": root / "evidence"}))
@@ -125,7 +137,8 @@ async def run_drill(
                     "description": "Drill: undo the Phase 3 deployment"},
             requester=DRILL_REQUESTER, reason=reason or f"Drill of strategy {strategy}",
         )
-        clock = await DrillClock.start(engine, root, time_scale=time_scale, out=out)
+        view.note(f"Incident {inc.id} opened; running the runbook")
+        clock = await DrillClock.start(engine, root, time_scale=time_scale)
         closers.append(clock.close)
         started = time.monotonic()
         notes: list[str] = []
@@ -158,10 +171,13 @@ async def run_drill(
                                       settings=settings, sandbox=sandbox, strategy=strategy)
         verdict.checks += await record_checks(store=store, incident=inc, transport=transport, settings=settings,
                                               records=records, data_loss_records=verdict.data_loss_records)
-        notes.append(f"Evidence archive: {records.archive_dir(inc.stamp)}")
-        notes.append(f"Audit log: {records.log.path} (rollback-bot audit verify FILE)")
-        return DrillResult(inc.id, inc.status, strategy, verdict, recovery, root, notes)
+        report = (await store.latest_runs(inc.id)).get("report")
+        report_path = report.captures.get("report_path") if report is not None else None
+        return DrillResult(inc.id, inc.status, strategy, verdict, recovery, root, notes,
+                           evidence=records.archive_dir(inc.stamp), audit_log=records.log.path,
+                           report=Path(str(report_path)) if report_path else None)
     finally:
+        view.close()
         for close in closers:
             await close()
         if transport is not None:
@@ -175,7 +191,7 @@ async def run_drill(
 
 
 def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
-    """The closing lines of a drill: verdict, recovery time, data loss."""
+    """The closing lines of a drill: verdict, recovery time, data loss, where the record is."""
     v = result.verdict
     out.write("\nVerdict\n")
     for check in v.checks:
@@ -184,13 +200,16 @@ def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
     out.write(f"Recovery time: {result.recovery_seconds:.2f} s (start of run to service restored)\n")
     out.write(f"Data loss: {v.data_loss_records} records ({v.data_loss_detail})\n")
     for note in result.notes:
-        if note.startswith("Stability"):
-            out.write(note + "\n")
+        out.write(note + "\n")
     if kept:
-        for note in result.notes:
-            if not note.startswith("Stability"):
-                out.write(note + "\n")
+        out.write(f"Evidence archive: {result.evidence or 'not written'}\n")
+        out.write(f"Report: {result.report or 'not written'}\n")
+        if result.audit_log is not None:
+            out.write(f"Audit log: {result.audit_log} (check it: rollback-bot audit verify {result.audit_log})\n")
         out.write(f"Sandbox kept at {result.root}\n")
+    else:
+        out.write("The sandbox was removed with its evidence archive, report and audit log; "
+                  "run the drill with --keep to keep them.\n")
     out.write(f"DRILL {'PASSED' if v.passed and result.status is Status.COMPLETED else 'FAILED'}\n")
 
 
