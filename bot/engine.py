@@ -400,6 +400,9 @@ class Engine:
             if run.status is StepStatus.WAITING and run.answer is None:
                 await self.store.end_step(run.id, StepStatus.SKIPPED, actor=actor,
                                           error="not finished: the incident is being compensated")
+            elif run.status is StepStatus.RUNNING:  # left by a bot that died in it (the lock is ours)
+                await self.store.end_step(run.id, StepStatus.INTERRUPTED, actor=actor,
+                                          error="the bot stopped while it ran; aborted before it was resumed")
         return await self.store.apply(inc.id, Event.COMPENSATE, actor=actor, data={
             **data, "trigger": trigger, "end": Status.FAILED.value if end is Event.FAIL else Status.ABORTED.value})
 

@@ -281,3 +281,16 @@ async def test_abort_before_anything_ran_needs_no_compensation(env: Env) -> None
     inc = await env.engine.request_abort(inc.id, user="U1", reason="never mind")
     assert inc.status is Status.ABORTED
     assert not [r for r in await env.store.step_runs(inc.id) if env.engine.runbook.is_compensation(r.step_id)]
+
+
+async def test_abort_while_the_bot_was_down_closes_the_step_it_died_in(env: Env) -> None:
+    iid = await _to_pick(env)
+    await env.engine.answer(iid, "pick", "A", user="U1")
+    await env.store.begin_step(iid, "flaky", "work")  # a bot died while this ran
+    inc = await env.engine.request_abort(iid, user="U1", reason="from the control plane")
+    assert inc.status is Status.COMPENSATING
+    runs = await env.store.latest_runs(iid)
+    assert runs["flaky"].status is StepStatus.INTERRUPTED and runs["flaky"].waiting is None
+    await env.engine.run(iid)
+    await env.engine.answer(iid, "keep_or_off", "off", user="U1")
+    assert (await env.engine.run(iid)).status is Status.ABORTED
