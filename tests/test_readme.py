@@ -10,6 +10,7 @@ import yaml
 
 from bot.cli import parser
 from bot.config import BotConfig
+from bot.runbook import default_runbook_text, parse_runbook
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -25,11 +26,23 @@ def test_the_config_example_loads() -> None:
         BotConfig.model_validate(yaml.safe_load(block))
 
 
+def _is_runbook(block: str) -> bool:
+    return block.startswith(("compensation:", "phases:"))
+
+
 def test_the_setting_snippets_load() -> None:
     base = yaml.safe_load(next(b for b in _yaml_blocks() if "targets:" in b))
     for block in _yaml_blocks():
-        if "targets:" not in block:
+        if "targets:" not in block and not _is_runbook(block):
             BotConfig.model_validate({**base, **yaml.safe_load(block)})
+
+
+def test_the_runbook_snippets_fit_the_default_runbook() -> None:
+    blocks = [b for b in _yaml_blocks() if _is_runbook(b)]
+    assert blocks, "the README shows the compensation section"
+    base = yaml.safe_load(default_runbook_text())
+    for block in blocks:
+        parse_runbook(yaml.safe_dump({**base, **yaml.safe_load(block)}, allow_unicode=True), "README.md")
 
 
 def test_every_target_setting_is_documented() -> None:
