@@ -385,13 +385,15 @@ class Engine:
         """End the run: through the runbook's compensation when it applies, else at once.
 
         The compensation applies when the runbook declares one for ``trigger`` and the run
-        got past its gates (a step other than an approval or a window was reached).
+        reached a step other than an approval or a window (in ``from_phase`` or later).
         """
         comp = self.runbook.compensation
         latest = await self.store.latest_runs(inc.id)
-        gates = {s.id for _, s in self.runbook.steps() if isinstance(s, ApprovalStep | WindowStep)}
-        reached = any(r.status is not StepStatus.SKIPPED and sid not in gates
-                      and not self.runbook.is_compensation(sid) for sid, r in latest.items())
+        phases = [p.id for p in self.runbook.phases]
+        first = phases.index(comp.from_phase) if comp is not None and comp.from_phase in phases else 0
+        counted = {s.id for p, s in self.runbook.steps() if phases.index(p.id) >= first
+                   and not isinstance(s, ApprovalStep | WindowStep)}
+        reached = any(r.status is not StepStatus.SKIPPED and sid in counted for sid, r in latest.items())
         if comp is None or trigger not in comp.triggers or not reached or inc.status not in (
                 Status.RUNNING, Status.WAITING):
             return await self.store.apply(inc.id, end, actor=actor, data=data)

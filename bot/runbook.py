@@ -472,6 +472,10 @@ class Compensation(Phase):
     id: Annotated[str, Field(pattern=_ID, max_length=64)] = "compensation"
     title: str = "Compensation: leave production safe"
     triggers: list[CompensationTrigger] = Field(default_factory=lambda: list(_TRIGGERS), min_length=1)
+    #: The compensation applies once a step of this phase (or a later one) was reached; by
+    #: default once any step past the approvals and the window was. Checks that change
+    #: nothing (a preflight) go in earlier phases: stopping there needs no compensation.
+    from_phase: str | None = None
     statement: list[str] = Field(default_factory=list)
 
     def statement_refs(self) -> Iterator[Ref]:
@@ -596,6 +600,7 @@ _KINDS = {"command", "http", "sqlite", "choice", "manual", "approval", "wait", "
 
 
 _STATEMENT = "\0statement"
+_FROM_PHASE = "\0from_phase"
 
 
 def _bad_ref(ref: Ref, captures: dict[str, set[str]], choices: set[str]) -> str | None:
@@ -651,6 +656,10 @@ def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
             if isinstance(step, ChoiceStep):
                 choices.add(step.id)
     if rb.compensation is not None:
+        phase_ids = [p.id for p in rb.phases]
+        if rb.compensation.from_phase is not None and rb.compensation.from_phase not in phase_ids:
+            problems.append((where.get(_FROM_PHASE, 0), f"compensation: from_phase {rb.compensation.from_phase!r} "
+                                                        f"is no phase of the runbook (one of {', '.join(phase_ids)})"))
         for ref in rb.compensation.statement_refs():
             bad = _bad_ref(ref, captures, choices)
             if bad is None and ref.parts[0] not in ("captures", "choices", "incident"):
@@ -714,8 +723,9 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
         for si, step in enumerate(rb.compensation.steps):
             node = _node_at(root, ("compensation", "steps", si))
             where.setdefault(step.id, node.start_mark.line + 1 if node is not None else 0)
-        node = _node_at(root, ("compensation", "statement"))
-        where[_STATEMENT] = node.start_mark.line + 1 if node is not None else 0
+        for key, name in ((_STATEMENT, "statement"), (_FROM_PHASE, "from_phase")):
+            node = _node_at(root, ("compensation", name))
+            where[key] = node.start_mark.line + 1 if node is not None else 0
     problems2 = _check_refs(rb, where)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])

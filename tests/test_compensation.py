@@ -149,6 +149,8 @@ async def _to_pick(env: Env) -> str:
     (("  triggers: [abort, failure]", "  triggers: [abort, crash]"),
      "compensation: triggers.1: Input should be 'abort' or 'failure'"),
     (("    - id: keep_or_off\n", "    - id: maint_on\n"), "compensation step 'maint_on': duplicate step id"),
+    (("  triggers: [abort, failure]\n", "  triggers: [abort, failure]\n  from_phase: nowhere\n"),
+     "compensation: from_phase 'nowhere' is no phase of the runbook (one of gate, work)"),
 ])
 def test_runbook_check_names_file_line_and_reason(change: tuple[str, str], message: str) -> None:
     old, new = change
@@ -294,3 +296,24 @@ async def test_abort_while_the_bot_was_down_closes_the_step_it_died_in(env: Env)
     await env.engine.run(iid)
     await env.engine.answer(iid, "keep_or_off", "off", user="U1")
     assert (await env.engine.run(iid)).status is Status.ABORTED
+
+
+async def test_stopping_before_from_phase_needs_no_compensation(tmp_path: Path) -> None:
+    text = _runbook().replace("  triggers: [abort, failure]\n", "  triggers: [abort, failure]\n  from_phase: work\n")
+    text = text.replace("  - id: work\n", "  - id: preflight\n    title: Preflight\n    steps:\n"
+                        "      - {id: look, title: Look, kind: choice, prompt: 'Go on',\n"
+                        "         options: [{value: go, label: Go}]}\n"
+                        "  - id: work\n")
+    env = await _env(tmp_path, text)
+    try:
+        inc = await env.store.create_incident(target="t1", runbook="comp", requester="U9")
+        await env.engine.run(inc.id)
+        await env.engine.approve(inc.id, user_id="U1", roles=["incident_commander"], decision="approve")
+        await env.engine.run(inc.id)
+        w = await env.engine.waiting_for(inc.id)
+        assert w is not None and w.step_id == "look"
+        inc = await env.engine.request_abort(inc.id, user="U1", reason="preflight says no")
+        assert inc.status is Status.ABORTED  # nothing of the phases that change things ran
+    finally:
+        await env.engine.targets["t1"].close()
+        await env.store.close()

@@ -145,3 +145,21 @@ def test_without_a_terminal_one_line_per_change() -> None:
     check_lines = [ln for ln in lines if ln.startswith("    stability_checks ")]
     assert len(check_lines) == 7 and "1/15" in check_lines[0] and "7/15" in check_lines[-1]
     assert "\x1b" not in out.getvalue()
+
+
+def test_a_stopped_incident_states_what_production_is_in() -> None:
+    from bot.compensation import Outcome, Trigger
+
+    runs = _until(RB, "verify_restored", StepStatus.DONE)
+    view = build(RB, _incident(Status.ABORTED), runs)
+    view.stopped = Outcome(Trigger("abort", "aborted", "wrong target", "U1"), state=["maintenance mode off"],
+                           undone=["Restrict database access to superusers — Put access levels back"],
+                           not_undone=["Full restore from the chosen backup — left as it is"])
+    text = "\n".join(line.plain for line in frame(view, [], width=100, height=15))
+    assert "Production now: maintenance mode off" in text
+    assert "Undone: Restrict database access" in text and "Not undone: Full restore" in text
+    out = io.StringIO()
+    tv = TerminalView(out)
+    tv.show(view)
+    tv.show(view)
+    assert out.getvalue().count("Production now: maintenance mode off") == 1
