@@ -146,7 +146,7 @@ async def test_slack_incident_with_github_rollback_ends_with_the_record(
         "state_db": str(tmp_path / "state.db"),
         "artifacts_dir": str(tmp_path / "artifacts"),
         "time_scale": 0.002,
-        "stability": {"watch_seconds": 300, "watch_interval_seconds": 60},
+        "stability": {"watch_seconds": 300, "watch_interval_seconds": 60, "baseline_floor_ms": 1000},
         "records": {"evidence_root": str(tmp_path / "DriveMemory" / "Rollbacks"), "backup_copy": "leave",
                     "anchor_prefix": "drill-rollback"},
     })

@@ -53,7 +53,8 @@ def _config(tmp_path: Path, target: dict[str, Any]) -> BotConfig:
         "state_db": str(tmp_path / "state.db"),
         "artifacts_dir": str(tmp_path / "artifacts"),
         "time_scale": 0.002,  # the plan's waits, compressed
-        "stability": {"watch_seconds": 300, "watch_interval_seconds": 60},  # a short extended watch
+        # a short extended watch; a second of latency floor for a busy machine
+        "stability": {"watch_seconds": 300, "watch_interval_seconds": 60, "baseline_floor_ms": 1000},
     })
 
 

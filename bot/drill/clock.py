@@ -23,7 +23,11 @@ from bot.stability import StabilitySettings, check_line
 from bot.timed_steps import CONTINUE, EXTEND
 
 #: The drill's watch is shorter than the plan's two hours (it is still compressed by the time scale).
-DRILL_STABILITY = StabilitySettings.model_validate({"watch_seconds": 300, "watch_interval_seconds": 60})
+#: The sandbox shares its machine with whatever else runs there: a loopback answer slower than 100 ms
+#: says the machine is busy, not that the rollback is unstable, so the baseline floor is a second.
+DRILL_STABILITY = StabilitySettings.model_validate(
+    {"watch_seconds": 300, "watch_interval_seconds": 60, "baseline_floor_ms": 1000}
+)
 EXTENDS_BEFORE_CONTINUE = 2
 DRILL_IC = "U0DRILLIC"
 
