@@ -1,10 +1,11 @@
 """Typed SQLite operations on a target, run there by the agent in ``actions/sqlite_agent.py``.
 
 Nothing is pasted into SQL and no ``sqlite3`` CLI is needed on the target: the agent's source
-goes as the ``-c`` argument of the target's ``python3`` (3.9+, standard library only), the
-operation name and its JSON params as two more arguments, each ``shlex.quote``d::
+(zlib-compressed, base64, decoded by a one-line loader) goes as the ``-c`` argument of the
+target's ``python3`` (3.9+, standard library only), the operation name and its JSON params as
+two more arguments, each ``shlex.quote``d::
 
-    python3 -I -c '<agent source>' backup '{"db":"databases/production.db",...}'
+    python3 -I -c 'import base64,zlib;exec(...)' backup '{"db":"databases/production.db",...}'
 
 ``-I`` (isolated mode) keeps the target's ``PYTHON*`` variables, user site-packages and the
 working directory out of ``sys.path``. Params too long for one command line go through stdin
@@ -41,18 +42,38 @@ Operations (params -> result; paths on the target, relative to the command's cwd
   not_in_snapshot, snapshot}
 - ``selective_restore`` {db, backup, tables, keys: {t: [key...]}|null,
   key_columns: {t: col|[cols]}|null, allow_fk_violations=false}
-  -> {tables: {t: {restored, deleted, inserted}}, new_fk_violations}
+  -> {tables: {t: {restored, deleted, inserted}}, new_fk_violations};
+  with ``boundary`` (strategy A over the change log) {db, backup, change_log, boundary,
+  key_columns, tables|null, take: [[table, key...]], access, tag} -> {tables: {t: {restored,
+  deleted, inserted, conflicts, already_restored}}, conflicts, restored, recorded_by_triggers,
+  mapping, guessed, new_fk_violations}
 - ``diff`` {db, other, tables|null, key_columns|null, sample=20} -> {tables: {t: {added,
   removed, changed, keys_sample} | {only_in}}, identical}
-- ``transaction_rollback`` {db, since_id | since_time, history_table="change_history",
-  deployment|null, ignore_drift=false, allow_fk_violations=false} -> {undone, by_table:
-  {t: {INSERT, UPDATE, DELETE}}, undone_rows, recorded_by_triggers, new_fk_violations}
+- ``transaction_rollback`` {db, change_log, boundary (or since_id | since_time [+ deployment]),
+  key_columns, take: [change id], on_conflict="keep"|"stop", ignore_drift=false, access, tag,
+  allow_fk_violations=false} -> {undone, by_table: {t: {INSERT, UPDATE, DELETE}}, rows,
+  conflicts, not_undoable, already_undone, kept_records, recorded_by_triggers, undone_rows,
+  mapping, guessed, new_fk_violations}
+- ``strategy_support`` {db, change_log, boundary, key_columns} (read-only) -> {strategies:
+  {A|B|C: {ok, why, notes}}, items: [{value, label, description, disabled?, note?}], mapping,
+  guessed, tables: {t: {key} | {no_key}}, boundary}
+- ``change_points`` {db, change_log, boundary, key_columns, limit=10, gap_minutes=10,
+  suggest_marker} (read-only) -> {items: [{value (boundary JSON), label, description, counts:
+  {t: {op: n}}, changes, not_undoable, suggested?}], mapping, guessed}
+- ``data_loss`` {db (after), before, backup|null, change_log, boundary, key_columns, access:
+  {before_snapshot, after_snapshots: [path...]}} (read-only) -> {tables: {t: {changed, undone,
+  lost, unexplained}}, known, why_unknown, total}
+
+The change log, boundary, ledger and access parameters are described in
+``actions/sqlite_agent_changes.py``; strategies A and B in ``actions/sqlite_agent_strategies.py``;
+the reports in ``actions/sqlite_agent_report.py``.
 - ``governance_insert`` {db, record, table="governance_logs", if_absent=false}
   -> {id, inserted, table}
 
 Refusals carry a ``kind``: bad_request, bad_op, bad_table, bad_column, not_found, exists,
 integrity_failed, hash_mismatch, copy_failed, in_use, conflict, fk_violation,
-bad_snapshot, bad_history, sqlite, internal, unsupported_python (and no_result here).
+bad_snapshot, bad_history, no_change_log, unsupported, no_key, bad_boundary, sqlite, internal,
+unsupported_python (and no_result here).
 """
 
 from __future__ import annotations
@@ -61,7 +82,9 @@ import base64
 import functools
 import hashlib
 import json
+import re
 import shlex
+import zlib
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
@@ -89,6 +112,9 @@ OPS = frozenset(
         "diff",
         "transaction_rollback",
         "governance_insert",
+        "strategy_support",
+        "change_points",
+        "data_loss",
     }
 )
 
@@ -129,10 +155,46 @@ class SqliteAgentError(SqliteOpFailed):
         self.outcome_unknown = outcome_unknown
 
 
+#: Marks an import the sent source replaces with that module's body (below its BODY_MARK).
+INLINE_MARK = "rb:inline"
+BODY_MARK = "# rb:body"
+_INLINE = re.compile(r"^from actions\.(sqlite_agent_\w+) import")
+
+
 @functools.cache
 def agent_source() -> str:
-    """The agent's source text, as sent to the target."""
-    return AGENT_PATH.read_text(encoding="utf-8")
+    """The agent's source text, as sent to the target: one self-contained script.
+
+    The agent's change-log, strategy and report modules are pasted in place of the lines
+    that import them, from their ``# rb:body`` line on (above it they import the agent).
+    """
+    out: list[str] = []
+    lines = AGENT_PATH.read_text(encoding="utf-8").splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        found = _INLINE.match(line)
+        if found and INLINE_MARK in line:
+            if "(" in line.split("#", 1)[0]:
+                while not lines[i].startswith(")"):
+                    i += 1
+            part = AGENT_PATH.with_name(found.group(1) + ".py").read_text(encoding="utf-8")
+            if BODY_MARK not in part:
+                raise RuntimeError(f"{found.group(1)}.py has no {BODY_MARK!r} line")
+            out.append(part.split(BODY_MARK, 1)[1].split("\n", 1)[1])
+        else:
+            out.append(line)
+        i += 1
+    return "".join(out)
+
+
+@functools.cache
+def agent_loader() -> str:
+    """The ``-c`` program sent to the target: the agent's source, zlib-compressed in base64
+    (a third of its size; one command line stays far below the shell session's limit)."""
+    packed = base64.b64encode(zlib.compress(agent_source().encode("utf-8"), 9)).decode("ascii")
+    return (f"import base64,zlib;exec(compile(zlib.decompress(base64.b64decode('{packed}')),"
+            f"'<rollback-bot-agent>','exec'))")
 
 
 def agent_sha256() -> str:
@@ -162,7 +224,7 @@ def build_command(
     if not python or "\0" in python:
         raise ValueError("python must name the target's Python 3 executable")
     payload = encode_params(params)
-    head = [shlex.quote(python), "-I", "-c", shlex.quote(agent_source()), shlex.quote(op)]
+    head = [shlex.quote(python), "-I", "-c", shlex.quote(agent_loader()), shlex.quote(op)]
     inline = " ".join([*head, shlex.quote(payload)])
     if len(inline.encode("utf-8")) <= MAX_COMMAND_BYTES:
         return inline, None

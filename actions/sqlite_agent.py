@@ -62,7 +62,7 @@ if sys.version_info < (3, 9):  # noqa: UP036 -- the target's Python, not ours: s
     )
     sys.exit(2)
 
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
 HASH_FORMAT = "rbh1"
 BLOB_KEY = "$blob_b64"
 BUSY_TIMEOUT = 10.0
@@ -342,6 +342,12 @@ class TableInfo:
         self.writable = [r[1] for r in rows if r[6] == 0]
         self.types = {r[1]: (r[2] or "") for r in rows}
         self.pk = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+        #: Stored columns an INSERT must give a value for (NOT NULL, no default, no rowid alias).
+        self.notnull_no_default = [
+            r[1] for r in rows
+            if r[3] and r[4] is None and r[6] == 0
+            and not (len(self.pk) == 1 and r[5] and (r[2] or "").strip().upper() == "INTEGER")
+        ]
         sql = conn.execute(
             f"SELECT sql FROM {qi(schema)}.sqlite_master WHERE type = 'table' AND name = ?",
             (table,),
@@ -1073,6 +1079,19 @@ def _access_names(conn: sqlite3.Connection, p: Params, doc: Result | None) -> tu
     return table, info.column(names[1], "key column"), info.column(names[2])
 
 
+def _own_log(conn: sqlite3.Connection, p: Params) -> tuple[Any, Any]:
+    """The change log (``change_log`` param, else change_history when it exists) and its newest
+    order value, so rows a trigger writes for the bot's own change are marked as the rollback's."""
+    spec = p.get("change_log")
+    try:
+        log = ChangeLog(conn, spec)
+    except OpError:
+        if spec:
+            raise
+        return None, None
+    return log, log_max(conn, log)
+
+
 def op_restrict_access(p: Params) -> Result:
     """Save every row's level to the snapshot file FIRST, then restrict non-exempt rows."""
     db = _path(p, "db")
@@ -1091,6 +1110,7 @@ def op_restrict_access(p: Params) -> Result:
         t, k, c, r = qi(table), qi(key), qi(column), qi(role)
         conn.execute("BEGIN IMMEDIATE")  # nobody adds a row between snapshot and update
         try:
+            log, log_before = _own_log(conn, p)
             rows = conn.execute(f"SELECT {k}, {c} FROM {t} ORDER BY {k}").fetchall()
             keys = [_key_of(row[0]) for row in rows]
             if any(row[0] is None for row in rows) or len(set(keys)) != len(keys):
@@ -1130,6 +1150,8 @@ def op_restrict_access(p: Params) -> Result:
                 f"UPDATE {t} SET {c} = ? WHERE {r} IS NULL OR {r} NOT IN ({marks})",
                 [level, *exempt],
             )
+            if log is not None:  # history a trigger wrote for the restriction is ours
+                mark_own(conn, log, log_before, tag)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -1158,8 +1180,19 @@ def op_restore_access(p: Params) -> Result:
         restored, missing, changed = 0, [], 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for raw_key, raw_level in doc["rows"]:
-                value, level = from_json(raw_key, "key"), from_json(raw_level, "level")
+            log, log_before = _own_log(conn, p)
+            # Levels a strategy put back under the restriction (the ledger) win over the
+            # snapshot: after the rollback, access levels are the chosen point's.
+            overrides = access_overrides(conn, doc.get("tag"))
+            rows = [[from_json(k, "key"), from_json(v, "level")] for k, v in doc["rows"]]
+            seen = set()
+            for i, (value, _level) in enumerate(rows):
+                seen.add(_key_of(value))
+                if _key_of(value) in overrides:
+                    rows[i][1] = overrides[_key_of(value)]
+            rows += [[k[1] if isinstance(k, tuple) else k, v] for k, v in overrides.items() if k not in seen]
+            for value, level in rows:
+                raw_key = to_json(value)
                 cur = conn.execute(
                     f"UPDATE {t} SET {c} = ? WHERE {k} = ? AND {c} IS NOT ?", (level, value, level)
                 )
@@ -1171,6 +1204,8 @@ def op_restore_access(p: Params) -> Result:
                 else:
                     missing.append(raw_key)
             total = conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            if log is not None:
+                mark_own(conn, log, log_before, doc.get("tag"))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -1310,7 +1345,11 @@ def _fk_guard(conn: sqlite3.Connection, before: list[dict[str, Any]], allow: boo
 
 
 def op_selective_restore(p: Params) -> Result:
-    """Strategy A: restore chosen rows (by key, or every differing row) from a backup."""
+    """Strategy A: restore rows from a backup: those a boundary's changes touched (with
+    ``boundary``; see ``actions/sqlite_agent_strategies.py``), or chosen keys, or every
+    differing row of ``tables``."""
+    if p.get("boundary") is not None:
+        return selective_by_log(p)
     db, backup = _path(p, "db"), _path(p, "backup")
     requested = _str_list(p, "tables")
     if not requested:
@@ -1390,225 +1429,6 @@ def _restore_rows(
     return out
 
 
-# ---------------------------------------------------------------------------- history
-
-
-def _row_json(text: Any, where: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        doc = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise OpError(f"{where} is not JSON: {exc}", "bad_history") from None
-    if not isinstance(doc, dict):
-        raise OpError(f"{where} must be a JSON object of column values", "bad_history")
-    return {str(k): from_json(v, where) for k, v in doc.items()}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (bytes, bytearray)) or isinstance(b, (bytes, bytearray)):
-        return isinstance(a, (bytes, bytearray)) and isinstance(b, (bytes, bytearray)) and a == b
-    if isinstance(a, str) != isinstance(b, str):
-        return False
-    return bool(a == b)
-
-
-class _Undo:
-    """Applies the inverse of change_history rows to their tables."""
-
-    def __init__(self, conn: sqlite3.Connection, history: str, ignore_drift: bool) -> None:
-        self.conn = conn
-        self.history = history
-        self.ignore_drift = ignore_drift
-        self.infos: dict[str, TableInfo] = {}
-        self.conflicts: list[dict[str, Any]] = []
-
-    def info(self, name: Any, change_id: Any) -> TableInfo:
-        if not isinstance(name, str):
-            raise OpError(f"change {change_id}: table_name must be text", "bad_history")
-        if name.lower() not in self.infos:
-            table = resolve_tables(self.conn, [name])[0]
-            if table.lower() == self.history.lower():
-                raise OpError(f"change {change_id}: cannot undo changes to the history itself")
-            self.infos[name.lower()] = TableInfo(self.conn, table)
-        return self.infos[name.lower()]
-
-    def _key(self, info: TableInfo, row: dict[str, Any] | None, record_id: Any) -> list[Any]:
-        given = {k.lower(): v for k, v in (row or {}).items()}
-        if all(k.lower() in given for k in info.key):
-            return [given[k.lower()] for k in info.key]
-        if len(info.key) == 1 and record_id is not None:
-            return [record_id]
-        raise OpError(f"cannot find the key {info.key} of a {info.name!r} change", "bad_history")
-
-    def _where(self, info: TableInfo) -> str:
-        return " AND ".join(f"{qi(k)} = ?" for k in info.key)
-
-    def _current(self, info: TableInfo, key: list[Any]) -> dict[str, Any] | None:
-        cols = ["rowid", *info.columns] if "rowid" in info.key else info.columns
-        got = self.conn.execute(
-            f"SELECT {', '.join(qi(c) for c in cols)} FROM {qi(info.name)} "
-            f"WHERE {self._where(info)}",
-            key,
-        ).fetchone()
-        return None if got is None else {cols[i].lower(): got[i] for i in range(len(cols))}
-
-    def _drifted(self, info: TableInfo, current: dict[str, Any], expected: dict[str, Any]) -> bool:
-        if self.ignore_drift:
-            return False
-        return any(
-            c.lower() in current and not _same(current[c.lower()], v)
-            for c, v in expected.items()
-        )
-
-    def _values(self, info: TableInfo, row: dict[str, Any]) -> tuple[list[str], list[Any]]:
-        """Checked column names and their values (generated columns left out)."""
-        cols: list[str] = []
-        values: list[Any] = []
-        for name, value in row.items():
-            if name.lower() == "rowid" and "rowid" in info.key:
-                col = "rowid"
-            else:
-                col = info.column(name)
-                if col not in info.writable:
-                    continue  # generated columns follow by themselves
-            if col in cols:
-                raise OpError(f"column {col!r} appears twice in a {info.name!r} change")
-            cols.append(col)
-            values.append(value)
-        return cols, values
-
-    def apply(self, change: dict[str, Any]) -> str | None:
-        """Undo one change; returns its table name, or None after recording a conflict."""
-        cid = change["id"]
-        info = self.info(change["table_name"], cid)
-        op = str(change["operation"]).upper()
-        old = _row_json(change["old_values"], f"change {cid} old_values")
-        new = _row_json(change["new_values"], f"change {cid} new_values")
-        t = qi(info.name)
-
-        def conflict(reason: str) -> None:
-            self.conflicts.append({"id": cid, "table": info.name, "operation": op, "why": reason})
-
-        if op == "INSERT":
-            key = self._key(info, new, change["record_id"])
-            current = self._current(info, key)
-            if current is None:
-                conflict("the inserted row is gone")
-                return None
-            if new and self._drifted(info, current, new):
-                conflict("the row changed after this insert")
-                return None
-            self.conn.execute(f"DELETE FROM {t} WHERE {self._where(info)}", key)
-        elif op == "UPDATE":
-            if not old:
-                raise OpError(f"change {cid}: an UPDATE needs old_values", "bad_history")
-            key = self._key(info, new or old, change["record_id"])
-            current = self._current(info, key)
-            if current is None:
-                conflict("the updated row is gone")
-                return None
-            if new and self._drifted(info, current, new):
-                conflict("the row changed after this update")
-                return None
-            cols, values = self._values(info, old)
-            sets = ", ".join(f"{qi(c)} = ?" for c in cols)
-            self.conn.execute(f"UPDATE {t} SET {sets} WHERE {self._where(info)}", values + key)
-        elif op == "DELETE":
-            if not old:
-                raise OpError(f"change {cid}: a DELETE needs old_values", "bad_history")
-            if self._current(info, self._key(info, old, change["record_id"])) is not None:
-                conflict("a row with the deleted row's key exists again")
-                return None
-            cols, values = self._values(info, old)
-            self.conn.execute(
-                f"INSERT INTO {t} ({', '.join(qi(c) for c in cols)}) "
-                f"VALUES ({', '.join('?' for _ in cols)})",
-                values,
-            )
-        else:
-            raise OpError(f"change {cid}: unknown operation {op!r}", "bad_history")
-        return info.name
-
-
-def op_transaction_rollback(p: Params) -> Result:
-    """Strategy B: undo change_history rows after a point, newest first, in one transaction."""
-    db = _path(p, "db")
-    since_id, since_time = p.get("since_id"), p.get("since_time")
-    if (since_id is None) == (since_time is None):
-        raise OpError("give exactly one of 'since_id' and 'since_time'")
-    if isinstance(since_id, str) and since_id.strip().lstrip("-").isdigit():
-        since_id = int(since_id)  # a point picked from a list arrives as text
-    if since_id is not None and (isinstance(since_id, bool) or not isinstance(since_id, int)):
-        raise OpError("parameter 'since_id' must be an integer")
-    if since_time is not None and not isinstance(since_time, str):
-        raise OpError("parameter 'since_time' must be a date-time string")
-    deployment = p.get("deployment")
-    if deployment is not None and not isinstance(deployment, str):
-        raise OpError("parameter 'deployment' must be a string or null")
-    allow_fk = _bool(p, "allow_fk_violations")
-    conn = connect(db, "rw")
-    try:
-        history = resolve_tables(conn, [_str(p, "history_table", "change_history")])[0]
-        hinfo = TableInfo(conn, history)
-        for col in HISTORY_COLUMNS:
-            hinfo.column(col, "change_history column")
-        undo = _Undo(conn, history, _bool(p, "ignore_drift"))
-        h = qi(history)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            args: list[Any]
-            if since_time is not None:
-                if conn.execute("SELECT julianday(?)", (since_time,)).fetchone()[0] is None:
-                    raise OpError(f"cannot read since_time {since_time!r} as a date-time")
-                hinfo.column("changed_at", "change_history column")
-                where, args = "julianday(changed_at) > julianday(?)", [since_time]
-            else:
-                where, args = "id > ?", [since_id]
-            if deployment is not None:
-                hinfo.column("deployment", "change_history column")
-                where += " AND deployment IS ?"
-                args.append(deployment)
-            cur = conn.execute(f"SELECT * FROM {h} WHERE {where} ORDER BY id DESC", args)
-            names = [d[0].lower() for d in cur.description]
-            changes = [dict(zip(names, row)) for row in cur.fetchall()]  # noqa: B905
-            history_before = conn.execute(f"SELECT count(*) FROM {h}").fetchone()[0]
-            fk_before = _fk_violations(conn)
-            by_table: dict[str, dict[str, int]] = {}
-            for change in changes:
-                table = undo.apply(change)
-                if table is not None:
-                    counts = by_table.setdefault(table, {"INSERT": 0, "UPDATE": 0, "DELETE": 0})
-                    counts[str(change["operation"]).upper()] += 1
-            if undo.conflicts:
-                raise OpError(
-                    f"{len(undo.conflicts)} change(s) cannot be undone cleanly; nothing changed",
-                    "conflict",
-                    undo.conflicts[:50],
-                )
-            by_trigger = conn.execute(f"SELECT count(*) FROM {h}").fetchone()[0] - history_before
-            ids = [c["id"] for c in changes]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                conn.execute(
-                    f"DELETE FROM {h} WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
-                )
-            new_fk = _fk_guard(conn, fk_before, allow_fk)  # after the history rows are gone
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
-    return {
-        "undone": len(changes),
-        "by_table": by_table,
-        "undone_rows": changes,
-        "recorded_by_triggers": by_trigger,
-        "new_fk_violations": new_fk,
-    }
-
-
 # ---------------------------------------------------------------------------- governance
 
 
@@ -1661,6 +1481,18 @@ def op_governance_insert(p: Params) -> Result:
     return {"id": new_id, "inserted": inserted, "table": table}
 
 
+# ---------------------------------------------------------------------------- change log
+# The change log, strategies A/B over it and the read-only reports live in their own modules;
+# ``actions.sqlite.agent_source`` pastes their bodies in place of these imports.
+
+from actions.sqlite_agent_changes import ChangeLog, access_overrides, log_max, mark_own  # noqa: E402 rb:inline
+from actions.sqlite_agent_report import (  # noqa: E402 rb:inline
+    op_change_points,
+    op_data_loss,
+    op_strategy_support,
+)
+from actions.sqlite_agent_strategies import op_transaction_rollback, selective_by_log  # noqa: E402 rb:inline
+
 # ---------------------------------------------------------------------------- main
 
 OPS: dict[str, tuple[Callable[[Params], Result], frozenset[str]]] = {
@@ -1684,17 +1516,22 @@ OPS: dict[str, tuple[Callable[[Params], Result], frozenset[str]]] = {
         frozenset(
             {
                 "db", "table", "key", "column", "level", "exempt_roles", "role_column",
-                "snapshot", "tag",
+                "snapshot", "tag", "change_log",
             }
         ),
     ),
     "restore_access": (
         op_restore_access,
-        frozenset({"db", "table", "key", "column", "snapshot"}),
+        frozenset({"db", "table", "key", "column", "snapshot", "change_log"}),
     ),
     "selective_restore": (
         op_selective_restore,
-        frozenset({"db", "backup", "tables", "keys", "key_columns", "allow_fk_violations"}),
+        frozenset(
+            {
+                "db", "backup", "tables", "keys", "key_columns", "allow_fk_violations",
+                "change_log", "boundary", "take", "access", "tag",
+            }
+        ),
     ),
     "diff": (op_diff, frozenset({"db", "other", "tables", "key_columns", "sample"})),
     "transaction_rollback": (
@@ -1702,9 +1539,24 @@ OPS: dict[str, tuple[Callable[[Params], Result], frozenset[str]]] = {
         frozenset(
             {
                 "db", "since_id", "since_time", "history_table", "deployment",
-                "ignore_drift", "allow_fk_violations",
+                "ignore_drift", "allow_fk_violations", "change_log", "boundary", "key_columns",
+                "take", "on_conflict", "access", "tag",
             }
         ),
+    ),
+    "strategy_support": (
+        op_strategy_support,
+        frozenset({"db", "change_log", "boundary", "key_columns"}),
+    ),
+    "change_points": (
+        op_change_points,
+        frozenset(
+            {"db", "change_log", "boundary", "key_columns", "limit", "gap_minutes", "suggest_marker"}
+        ),
+    ),
+    "data_loss": (
+        op_data_loss,
+        frozenset({"db", "before", "backup", "change_log", "boundary", "key_columns", "access"}),
     ),
     "governance_insert": (op_governance_insert, frozenset({"db", "record", "table", "if_absent"})),
 }

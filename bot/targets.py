@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actions.transport import Transport
+from bot.change_log import BoundarySettings, ChangeLogSettings, KeyColumns, contract_values
 
 
 class HostSpec(BaseModel):
@@ -80,6 +81,13 @@ class TargetSettings(BaseModel):
                                      description="regex of the tags that may be rolled back to")
     deployed_version: str = Field(default="", description="the bad version being rolled back (tag)")
     deploy_environment: str = "production"
+    # The schema contract (bot/change_log.py): what strategies A and B need beyond the plan's columns.
+    change_log: ChangeLogSettings | None = Field(
+        default=None, description="the change log's table and columns; unset ones are looked up and reported")
+    boundary: BoundarySettings | None = Field(
+        default=None, description="which changes are the bad deployment's: marker, deployed_at, governance entry")
+    key_columns: KeyColumns = Field(default_factory=dict,
+                                    description="row key columns per table, where a table has no primary key")
 
     @model_validator(mode="after")
     def _ssh_needs_keys(self) -> TargetSettings:
@@ -129,6 +137,7 @@ class TargetSettings(BaseModel):
         for secretish in ("key_file", "known_hosts", "host", "port", "user", "transport"):
             data.pop(secretish, None)
         data["hosts"] = [h.name for h in self.hosts]
+        data.update(contract_values(self.change_log, self.boundary, self.key_columns))
         return data
 
 

@@ -855,19 +855,20 @@ async def test_transaction_rollback_undoes_newest_first(ops: SqliteOps, tmp_path
     assert (await ops.content_hash(str(db)))["total"] != clean["total"]
 
     result = await ops.transaction_rollback(str(db), since_id=since)
-    assert result["undone"] == 10 and result["recorded_by_triggers"] == 0
+    assert result["undone"] == 9 and result["recorded_by_triggers"] == 0
+    assert result["kept_records"] == 1  # the deployment's governance row stays: the audit record
     ids = [r["id"] for r in result["undone_rows"]]
-    assert ids == sorted(ids, reverse=True) and min(ids) == since + 1
+    assert ids == sorted(ids, reverse=True) and min(ids) == since + 2
     assert result["by_table"] == {
         "user_permissions": {"INSERT": 0, "UPDATE": 1, "DELETE": 0},
         "step_progress": {"INSERT": 0, "UPDATE": 2, "DELETE": 2},
         "projects": {"INSERT": 1, "UPDATE": 3, "DELETE": 0},
-        "governance_logs": {"INSERT": 1, "UPDATE": 0, "DELETE": 0},
     }
-    assert await ops.content_hash(str(db)) == clean  # history rows gone too: byte-for-byte
+    data = ["projects", "phases", "step_progress", "user_permissions"]
+    assert (await ops.content_hash(str(db), data))["tables"] == {t: clean["tables"][t] for t in data}
     assert rows(db, "SELECT notes FROM step_progress WHERE id = 2") == [(b"\x00\xffblob",)]
-    again = await ops.transaction_rollback(str(db), since_id=since)
-    assert again["undone"] == 0
+    again = await ops.transaction_rollback(str(db), since_id=since)  # the ledger: never twice
+    assert again["undone"] == 0 and again["already_undone"] == 9 and not again["conflicts"]
 
 
 async def test_transaction_rollback_since_time_and_deployment(
@@ -887,8 +888,8 @@ async def test_transaction_rollback_since_time_and_deployment(
     result = await ops.transaction_rollback(str(db), since_time="2025-07-30 12:00:00")
     assert result["undone"] == 1 and result["undone_rows"][0]["deployment"] == "phase-3"
     assert rows(db, "SELECT status FROM projects WHERE id = 3") == [("old",)]
-    assert rows(db, "SELECT count(*) FROM change_history") == [(1,)]
-    with pytest.raises(SqliteAgentError, match="since_time"):
+    assert rows(db, "SELECT count(*) FROM change_history") == [(2,)]  # the history is kept
+    with pytest.raises(SqliteAgentError, match="cannot read 'not a time'"):
         await ops.transaction_rollback(str(db), since_time="not a time")
     with pytest.raises(SqliteAgentError, match="exactly one"):
         await ops.transaction_rollback(str(db), since_id=0, since_time="2025-01-01")
@@ -904,12 +905,12 @@ async def test_transaction_rollback_stops_on_drift_and_bad_history(
         conn.execute("UPDATE projects SET status = 'hotfixed' WHERE id = 1")
     before = await ops.content_hash(str(db))
     with pytest.raises(SqliteAgentError) as excinfo:
-        await ops.transaction_rollback(str(db), since_id=since)
+        await ops.call("transaction_rollback", {"db": str(db), "since_id": since, "on_conflict": "stop"})
     assert kind_of(excinfo) == "conflict"
     assert excinfo.value.details[0]["table"] == "projects"
     assert await ops.content_hash(str(db)) == before  # nothing changed, history kept
     forced = await ops.transaction_rollback(str(db), since_id=since, ignore_drift=True)
-    assert forced["undone"] == 10
+    assert forced["undone"] == 9
 
     for table, old in (
         ("projects; DROP TABLE projects", {"id": 1}),
@@ -1035,7 +1036,7 @@ async def test_agent_runs_on_other_pythons_with_the_same_hashes(
     backup = await other.backup(str(db), str(tmp_path / "b.db"), verify=True)
     assert backup["verify"]["content_hash"] == (await ours.content_hash(str(db)))["total"]
     since = _deploy(db)
-    assert (await other.transaction_rollback(str(db), since_id=since))["undone"] == 10
+    assert (await other.transaction_rollback(str(db), since_id=since))["undone"] == 9
     restored = await other.restore(str(db), str(tmp_path / "b.db"))
     assert restored["already_restored"] is True
 

@@ -18,7 +18,7 @@ from bot.targets import TargetSettings
 #: Tables each strategy puts back to the chosen backup's content.
 RESTORED_TABLES = {
     "A": ["projects", "phases", "step_progress", "user_permissions"],
-    "B": ["projects", "phases", "step_progress", "user_permissions", "change_history"],
+    "B": ["projects", "phases", "step_progress", "user_permissions"],
     "C": None,  # every table
 }
 
