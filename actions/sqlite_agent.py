@@ -1169,9 +1169,13 @@ def op_restrict_access(p: Params) -> Result:
 
 
 def op_restore_access(p: Params) -> Result:
-    """Set every row's level back to exactly the value saved in the snapshot."""
+    """Set every row's level back to exactly the value saved in the snapshot (``prefer_snapshot``
+    when that file exists), or the level a strategy recorded for the row in the ledger."""
     db = _path(p, "db")
     snapshot = _path(p, "snapshot")
+    preferred = _path(p, "prefer_snapshot", required=False)
+    if preferred and os.path.exists(preferred):  # a full restore's snapshot of the restored levels
+        snapshot = preferred
     doc = _load_snapshot(snapshot)
     conn = connect(db, "rw")
     try:
@@ -1522,7 +1526,7 @@ OPS: dict[str, tuple[Callable[[Params], Result], frozenset[str]]] = {
     ),
     "restore_access": (
         op_restore_access,
-        frozenset({"db", "table", "key", "column", "snapshot", "change_log"}),
+        frozenset({"db", "table", "key", "column", "snapshot", "prefer_snapshot", "change_log"}),
     ),
     "selective_restore": (
         op_selective_restore,
@@ -1551,7 +1555,10 @@ OPS: dict[str, tuple[Callable[[Params], Result], frozenset[str]]] = {
     "change_points": (
         op_change_points,
         frozenset(
-            {"db", "change_log", "boundary", "key_columns", "limit", "gap_minutes", "suggest_marker"}
+            {
+                "db", "change_log", "boundary", "key_columns", "limit", "gap_minutes",
+                "suggest_marker", "allow_unknown",
+            }
         ),
     ),
     "data_loss": (

@@ -175,11 +175,20 @@ def op_change_points(p: Params) -> Result:
     configured = parse_boundary(p.get("boundary"))
     suggest = p.get("suggest_marker")
     key_spec = p.get("key_columns") or {}
+    unknown = {"value": "", "label": "Unknown: no deployment boundary",
+               "description": "data loss is then reported as unknown"}
+    allow_unknown = p.get("allow_unknown") is True
     conn = connect(db, "ro")
     points: list[Result] = []
     try:
         conn.execute("BEGIN")
-        log = ChangeLog(conn, p.get("change_log"))
+        try:
+            log = ChangeLog(conn, p.get("change_log"))
+        except OpError as exc:
+            if not allow_unknown:
+                raise
+            return {"items": [{**unknown, "description": f"{unknown['description']} ({exc})"}],
+                    "mapping": None, "guessed": []}
         candidates: list[tuple[str, dict[str, Any]]] = []
         if configured is not None:
             candidates.append(("configured boundary", configured))
@@ -223,6 +232,11 @@ def op_change_points(p: Params) -> Result:
         conn.execute("COMMIT")
     finally:
         conn.close()
+    if allow_unknown:
+        points.append(unknown)
+    elif not points:
+        raise OpError(f"the change log {log.table!r} holds no deployment to roll back (no marker, no "
+                      "burst of changes); set boundary in the target's settings", "bad_boundary")
     return {"items": points, "mapping": log.mapping(), "guessed": log.guessed}
 
 

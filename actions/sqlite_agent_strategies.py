@@ -249,7 +249,7 @@ def op_transaction_rollback(p: Params) -> Result:
     on_conflict = p.get("on_conflict", "keep")
     if on_conflict not in ("keep", "stop"):
         raise OpError("parameter 'on_conflict' must be 'keep' or 'stop'")
-    take = {str(t) for t in (p.get("take") or [])}
+    take = {str(t.get("id") if isinstance(t, dict) else t) for t in take_param(p.get("take"))}
     force_all = _bool(p, "ignore_drift")
     tag = p.get("tag")
     conn = connect(db, "rw")
@@ -316,6 +316,7 @@ def op_transaction_rollback(p: Params) -> Result:
         "by_table": by_table,
         "rows": {t: len(v) for t, v in rows.items()},
         "conflicts": conflicts,
+        "conflict_count": len(conflicts),
         "not_undoable": not_undoable,
         "already_undone": len(dep.changes) - len(todo),
         "kept_records": len(dep.records),
@@ -341,11 +342,12 @@ def selective_by_log(p: Params) -> Result:
     assert boundary is not None
     backup = _path(p, "backup")
     tag = p.get("tag")
-    take_raw = p.get("take") or []
-    if not isinstance(take_raw, list):
-        raise OpError("parameter 'take' must be a list of [table, key...] rows")
-    take = {json.dumps([str(t[0]), *t[1:]], ensure_ascii=True, sort_keys=True)
-            for t in take_raw if isinstance(t, list) and t}
+    take = set()
+    for t in take_param(p.get("take")):  # [table, key...] or a conflict as listed: {table, key}
+        row = [t.get("table"), *(t.get("key") or [])] if isinstance(t, dict) else t
+        if not isinstance(row, list) or len(row) < 2:
+            raise OpError("parameter 'take' must list [table, key...] rows or conflicts {table, key}")
+        take.add(json.dumps([str(row[0]), *row[1:]], ensure_ascii=True, sort_keys=True))
     wanted = p.get("tables")
     conn = connect(db, "rw")
     try:
@@ -416,7 +418,7 @@ def selective_by_log(p: Params) -> Result:
             raise
     finally:
         conn.close()
-    return {"tables": report, "conflicts": conflicts, "restored": len(restored),
+    return {"tables": report, "conflicts": conflicts, "conflict_count": len(conflicts), "restored": len(restored),
             "recorded_by_triggers": by_trigger, "mapping": log.mapping(), "guessed": log.guessed,
             "new_fk_violations": new_fk}
 
@@ -432,4 +434,4 @@ def take_param(value: Any) -> list[Any]:
             raise OpError("parameter 'take' is not a JSON list") from None
     if not isinstance(value, list):
         raise OpError("parameter 'take' must be a list")
-    return [from_json(v, "take") if not isinstance(v, list) else v for v in value]
+    return [v if isinstance(v, (list, dict)) else from_json(v, "take") for v in value]

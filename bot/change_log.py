@@ -82,7 +82,7 @@ def contract_values(change_log: ChangeLogSettings | None, boundary: BoundarySett
                     key_columns: KeyColumns) -> dict[str, Any]:
     """The ``target.*`` template values of the contract, in the agent's param shapes."""
     return {
-        "change_log": (change_log or ChangeLogSettings()).as_param(),
+        "change_log": (change_log or ChangeLogSettings.model_validate({})).as_param(),
         "boundary": boundary.as_param() if boundary is not None else None,
         "key_columns": dict(key_columns),
     }

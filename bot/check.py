@@ -1,4 +1,5 @@
-"""``rollback-bot check``: config, runbook, SSH to every target, and the Slack token.
+"""``rollback-bot check``: config, runbook, SSH to every target, the strategies each target's
+schema supports (and for each it does not, why and which setting to add), the Slack token.
 
 Every problem is printed with the key it is about; the exit status is 0 only when
 there are none.
@@ -13,15 +14,22 @@ from typing import TextIO
 from actions.errors import ActionError
 from bot.config import ConfigError, Settings, load_settings
 from bot.runbook import ApprovalStep, Runbook, RunbookError, default_runbook, load_runbook
+from bot.strategy_check import target_strategy_lines
 from bot.targets import open_transport
 
 
-async def _check_target(index: int, settings: Settings) -> str | None:
+async def _check_target(index: int, settings: Settings, notes: list[str]) -> str | None:
     target = settings.config.targets[index]
     key = f"targets[{index}] ({target.name})"
     transport = open_transport(target)
     try:
         res = await transport.run(f"test -d {_quote(target.workdir)} && echo ok", timeout=target.connect_timeout + 10)
+        if res.exit_status != 0:
+            return f"{key}.workdir: {target.workdir!r} is not a directory on the target"
+        # Which strategies the target's schema supports (read-only, through the agent).
+        lines, problem = await target_strategy_lines(key, transport, target)
+        notes.extend(lines)
+        return problem
     except ActionError as exc:
         return f"{key}: {target.transport} to {target.user}@{target.host}:{target.port} failed: " \
                f"{type(exc).__name__}: {exc}"
@@ -29,17 +37,16 @@ async def _check_target(index: int, settings: Settings) -> str | None:
         return f"{key}: cannot reach {target.host}:{target.port}: {exc}"
     finally:
         await transport.close()
-    if res.exit_status != 0:
-        return f"{key}.workdir: {target.workdir!r} is not a directory on the target"
-    return None
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
-    """Every problem found, one ``key: reason`` line each."""
+async def run_checks(settings: Settings, *, slack: bool = True, notes: list[str] | None = None) -> list[str]:
+    """Every problem found, one ``key: reason`` line each; ``notes`` gets what each target's
+    schema supports (strategies, guessed change-log columns)."""
+    notes = [] if notes is None else notes
     problems: list[str] = []
     cfg = settings.config
     runbook: Runbook | None = None
@@ -58,7 +65,7 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
                 problems.append(f"runbook: step {step.id!r} names target {step.target!r}, which is not in targets")
     if not any(m.users or m.groups for m in cfg.roles.values()):
         problems.append("roles: nobody holds a role; no approval could ever count")
-    results = await asyncio.gather(*(_check_target(i, settings) for i in range(len(cfg.targets))))
+    results = await asyncio.gather(*(_check_target(i, settings, notes) for i in range(len(cfg.targets))))
     problems += [r for r in results if r]
     if slack:
         from bot.slack_client import make_client, verify_token
@@ -86,7 +93,10 @@ def check_main(config: str | None, *, out: TextIO | None = None) -> int:
             print(p, file=out)
         print(f"check: {len(exc.problems)} problem(s)", file=out)
         return 1
-    problems = asyncio.run(run_checks(settings))
+    notes: list[str] = []
+    problems = asyncio.run(run_checks(settings, notes=notes))
+    for line in notes:
+        print(line, file=out)
     for p in problems:
         print(p, file=out)
     print("check: OK" if not problems else f"check: {len(problems)} problem(s)", file=out)

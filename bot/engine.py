@@ -238,7 +238,13 @@ class Engine:
                 raise AnswerRefused(f"step {step_id!r} is not waiting for an answer")
             if run.answer is not None:
                 raise AnswerRefused(f"step {step_id!r} was already answered by {run.answer.get('user')}")
-            allowed = [o["value"] for o in run.waiting.get("options", [])]
+            offered = run.waiting.get("options", [])
+            allowed = [o["value"] for o in offered]
+            disabled = next((o["disabled"] for o in offered if o["value"] == value and o.get("disabled")), None)
+            if disabled:
+                await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
+                                     data={"value": value[:200], "why": disabled[:300]})
+                raise AnswerRefused(f"{value[:80]!r} cannot be chosen here: {disabled}")
             if value not in allowed:
                 await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
                                      data={"value": value[:200]})
@@ -302,6 +308,8 @@ class Engine:
                 captures[step_id] = run.captures
                 if "choice" in run.captures:
                     choices[step_id] = run.captures["choice"]
+            elif run.status is StepStatus.SKIPPED:
+                choices.setdefault(step_id, None)  # a choice not asked is null, not missing
         return {
             "target": self.targets[inc.target].settings.template_values(),
             "incident": {
@@ -651,8 +659,14 @@ class Engine:
                 if isinstance(row, dict):
                     value = str(row.get(step.options_from.value, ""))
                     label = str(row.get(step.options_from.label, value))
-                    desc = " · ".join(f"{k} {row[k]}" for k in ("bytes", "mtime_iso", "count") if k in row)
-                    opts.append({"value": value, "label": label, "description": desc})
+                    desc = str(row.get("description") or " · ".join(
+                        f"{k} {row[k]}" for k in ("bytes", "mtime_iso", "count") if k in row))
+                    if row.get("note"):
+                        desc += f" ({row['note']})"
+                    opt = {"value": value, "label": label, "description": desc}
+                    # An option the target cannot support is shown with its reason, never picked.
+                    opt.update({k: str(row[k]) for k in ("disabled", "suggested") if row.get(k)})
+                    opts.append(opt)
         return opts
 
     async def _perform(self, inc: Incident, step: StepBase, ctx: dict[str, Any], *,

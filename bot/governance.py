@@ -20,6 +20,7 @@ from bot.metrics import (
     Facts,
     affected_users,
     data_loss,
+    data_loss_detail,
     data_loss_word,
     downtime_seconds,
     rollback_seconds,
@@ -89,6 +90,14 @@ def backup_used(f: Facts) -> tuple[str, str]:
     return chosen, period
 
 
+def _loss_detail(f: Facts) -> dict[str, Any] | str:
+    """Per table {undone, lost, conflicts_kept}, or "unknown" without a boundary."""
+    detail = data_loss_detail(f)
+    if detail is None:
+        return "not assessed"
+    return detail.as_dict() if detail.known else "unknown"
+
+
 def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Versions,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """The plan's governance log entry for this incident."""
@@ -133,6 +142,7 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
                 "restoration_timestamp": _iso(restore.ended_at) if restore else None,
                 "data_loss_period": period,
                 "data_loss_records": lost,
+                "data_loss_detail": _loss_detail(f),
                 "integrity_verified": integrity,
             },
             "application_rollback": {

@@ -2,8 +2,9 @@
 figures the governance record and the report share.
 
 Everything here is computed from the journal, the step runs and their captures, never
-from the run's own claims: rollback duration from the clock, data loss from the diff of
-the emergency backup against the restored database, availability and error rate from
+from the run's own claims: rollback duration from the clock, data loss from the data-loss step
+(the emergency backup against the restored database, row by row, told apart by the
+deployment boundary) and the conflicts the strategy kept, availability and error rate from
 the health checks that ran after the restoration.
 """
 
@@ -95,38 +96,76 @@ def downtime_seconds(f: Facts) -> float | None:
     return (end - on.started_at).total_seconds()
 
 
-def _key_text(k: Any) -> str:
-    if isinstance(k, list) and len(k) == 1:
-        k = k[0]
-    return str(k)
+#: The steps whose results list the conflicts kept: the strategy's, then the person's "take" re-run.
+CONFLICT_STEPS = (("selective_restore", "take_conflicts_a"), ("transaction_rollback", "take_conflicts_b"))
 
 
-def deployment_rows(f: Facts) -> dict[str, set[str]]:
-    """Rows the bad deployment wrote, per table, as listed by the ``deployment_rows`` step."""
-    rows = f.capture("deployment_rows", "rows") or []
-    out: dict[str, set[str]] = {}
-    for row in rows:
-        if isinstance(row, list) and len(row) >= 2 and row[0] is not None:
-            out.setdefault(str(row[0]), set()).add(str(row[1]))
+@dataclass(frozen=True)
+class TableLoss:
+    """One table's data-loss figures; None where the boundary is unknown."""
+
+    undone: int | None
+    lost: int | None
+    kept: int
+    changed: int | None
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    """The three numbers per table: deployment rows undone on purpose, legitimate writes
+    gone, conflicts kept; ``known`` False when no boundary told the deployment's rows apart."""
+
+    known: bool
+    tables: dict[str, TableLoss]
+    why_unknown: str | None = None
+
+    def total(self, name: str) -> int | None:
+        """Sum of one figure over the tables (None when unknown)."""
+        values = [getattr(t, name) for t in self.tables.values()]
+        if any(v is None for v in values):
+            return None
+        return sum(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the governance record: per table {undone, lost, conflicts_kept}."""
+        return {t: {"undone": v.undone, "lost": v.lost, "conflicts_kept": v.kept}
+                for t, v in self.tables.items() if v.changed or v.kept}
+
+
+def conflicts_kept(f: Facts) -> dict[str, int]:
+    """Conflicts kept as they are, per table, from the strategy's last run."""
+    out: dict[str, int] = {}
+    for first, taken in CONFLICT_STEPS:
+        step = taken if f.done(taken) else first
+        for c in f.capture(step, "conflicts") or []:
+            if isinstance(c, dict) and c.get("table"):
+                out[str(c["table"])] = out.get(str(c["table"]), 0) + 1
     return out
 
 
-def data_loss(f: Facts) -> tuple[int | None, dict[str, int]]:
-    """Records the emergency backup holds that the restored database lost or holds
-    otherwise, minus those the bad deployment wrote (undoing them is the point)."""
-    diff = f.capture("data_loss", "tables")
-    if not isinstance(diff, dict):
-        return None, {}
-    ours = deployment_rows(f)
-    per: dict[str, int] = {}
-    for table, d in sorted(diff.items()):
+def data_loss_detail(f: Facts) -> DataLoss | None:
+    """The data-loss step's figures with the conflicts kept; None when not assessed."""
+    tables = f.capture("data_loss", "tables")
+    if not isinstance(tables, dict):
+        return None
+    known = f.capture("data_loss", "known") is not False
+    kept = conflicts_kept(f)
+    out: dict[str, TableLoss] = {}
+    for name, d in sorted(tables.items()):
         if not isinstance(d, dict):
             continue
-        keys = [*d.get("removed_keys", []), *d.get("changed_keys", [])]
-        lost = [k for k in keys if _key_text(k) not in ours.get(table, set())]
-        if lost:
-            per[table] = len(lost)
-    return sum(per.values()), per
+        out[name] = TableLoss(d.get("undone") if known else None, d.get("lost") if known else None,
+                              kept.get(name, 0), d.get("changed"))
+    return DataLoss(known, out, None if known else "no deployment boundary")
+
+
+def data_loss(f: Facts) -> tuple[int | None, dict[str, int]]:
+    """Legitimate writes gone (None when unknown or not assessed), and per table where any."""
+    detail = data_loss_detail(f)
+    if detail is None or not detail.known:
+        return None, {}
+    per = {t: v.lost for t, v in detail.tables.items() if v.lost}
+    return detail.total("lost"), {t: n for t, n in per.items() if n is not None}
 
 
 def data_loss_word(records: int | None, minimal: int) -> str:
@@ -225,12 +264,19 @@ def success_metrics(f: Facts, targets: MetricTargets) -> list[Metric]:
     rows.append(Metric("Rollback Duration", f"<{targets.rollback_duration_hours:g} hours",
                        "not measured" if secs is None else f"{secs / 3600:.2f} hours ({secs:.0f} s)",
                        None if secs is None else secs < targets.rollback_duration_hours * 3600))
-    lost, per = data_loss(f)
+    loss = data_loss_detail(f)
+    lost = loss.total("lost") if loss is not None else None
     want = "None" if targets.data_loss_records == 0 else f"<= {targets.data_loss_records} records"
-    detail = ", ".join(f"{t} {n}" for t, n in per.items())
-    rows.append(Metric("Data Loss", want,
-                       "not assessed" if lost is None else f"{lost} records" + (f" ({detail})" if detail else ""),
-                       None if lost is None else lost <= targets.data_loss_records))
+    if loss is None:
+        actual = "not assessed"
+    elif lost is None:
+        actual = "unknown (no deployment boundary)"
+    else:
+        per = ", ".join(f"{t} {v.undone}/{v.lost}/{v.kept}" for t, v in loss.tables.items()
+                        if v.undone or v.lost or v.kept)
+        actual = (f"{lost} records lost; {loss.total('undone')} deployment rows undone, "
+                  f"{loss.total('kept')} conflicts kept" + (f" (undone/lost/kept: {per})" if per else ""))
+    rows.append(Metric("Data Loss", want, actual, None if lost is None else lost <= targets.data_loss_records))
     avail, err, n = availability(f)
     rows.append(Metric("Service Availability", f">{targets.availability_percent:g}%",
                        "not measured" if avail is None else f"{avail:.2f}% of {n} checks",

@@ -18,8 +18,8 @@ from bot.metrics import (
     Facts,
     Metric,
     data_loss,
+    data_loss_detail,
     data_loss_word,
-    deployment_rows,
     health_checks,
     metrics_table,
     overall,
@@ -158,16 +158,22 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
             f"`{f.capture('verify_backup', 'file_sha256')}`",
             f"- **Integrity after restoration:** verify {f.capture('verify_restored', 'ok')}, "
             f"foreign keys {f.capture('foreign_key_check_after', 'ok')}"]
-    lost, per = data_loss(f)
-    ours = deployment_rows(f)
+    lost, _per = data_loss(f)
+    loss = data_loss_detail(f)
     out += ["", "## Data-loss assessment", "",
             f"- **Data loss:** {data_loss_word(lost, cfg.data_loss_minimal)}"
-            + ("" if lost is None else f" — {lost} records"),
-            f"- **Data-loss period:** {period}",
-            "- **Per table:** " + (", ".join(f"{t}: {n}" for t, n in per.items()) or "none"),
-            f"- Rows written by the bad deployment and undone on purpose: "
-            f"{sum(len(v) for v in ours.values())} ("
-            + (", ".join(f"{t} {len(v)}" for t, v in sorted(ours.items())) or "none listed") + ")"]
+            + ("" if lost is None else f" — {lost} legitimate records lost"),
+            f"- **Data-loss period:** {period}"]
+    if loss is None:
+        out.append("- Not assessed.")
+    elif not loss.known:
+        out.append("- The deployment's changes could not be told apart (no boundary): which rows were "
+                   f"the deployment's and which were legitimate is unknown; {loss.total('changed')} rows differ.")
+    else:
+        out += ["", "| Table | Deployment rows undone | Legitimate writes lost | Conflicts kept |",
+                "|-------|------------------------|------------------------|----------------|"]
+        out += [f"| {t} | {v.undone} | {v.lost} | {v.kept} |" for t, v in loss.tables.items()
+                if v.undone or v.lost or v.kept]
     out += ["", "## Application rollback", "",
             f"- **Workflow run:** {f.capture('github_deploy', 'html_url') or '—'} "
             f"({f.capture('github_deploy', 'conclusion') or 'not run'})",

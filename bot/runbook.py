@@ -33,6 +33,8 @@ TARGET_FIELDS = frozenset(
         # the application rollback (Phase 4): command variant or GitHub Actions
         "app_rollback", "github_repo", "github_workflow", "github_api_url", "github_token_env",
         "release_tag_pattern", "deployed_version", "deploy_environment",
+        # the schema contract (bot/change_log.py), in the agent's param shapes
+        "change_log", "boundary", "key_columns",
     }
 )
 
@@ -43,7 +45,7 @@ SQLITE_WRITE_OPS = frozenset(
 )
 SQLITE_OPS = SQLITE_WRITE_OPS | {
     "integrity_check", "quick_check", "foreign_key_check", "record_counts", "query",
-    "content_hash", "verify", "list_backups", "diff",
+    "content_hash", "verify", "list_backups", "diff", "strategy_support", "change_points", "data_loss",
 }
 
 
@@ -242,7 +244,7 @@ class SqliteStep(StepBase):
 class OptionsFrom(_Model):
     """Options listed from the target when the choice is reached."""
 
-    op: Literal["list_backups", "query", "github_releases"]
+    op: Literal["list_backups", "query", "github_releases", "strategy_support", "change_points"]
     params: dict[str, Any] = Field(default_factory=dict)
     value: str = "path"
     label: str = "name"

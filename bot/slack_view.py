@@ -329,11 +329,13 @@ def _answer_actions(inc: Incident, run: StepRun, options: list[dict[str, str]], 
             placeholder="Pick one…", action_id=f"{ANSWER}_select", confirm=confirm,
             options=[Option(value=answer_value(inc.id, run.id, i), label=clip(o["label"], 75),
                             description=clip(o["description"], 75) if o.get("description") else None)
-                     for i, o in enumerate(options[:100])],
+                     for i, o in enumerate(options[:100]) if not o.get("disabled")],
         )
         return ActionsBlock(block_id=bid, elements=[select])
     buttons = []
     for i, o in enumerate(options):
+        if o.get("disabled"):  # shown above with its reason; no button to pick it
+            continue
         style = "danger" if o["value"] == "abort" else ("primary" if o["value"] in ("retry", "done", "rerun")
                                                          else None)
         buttons.append(ButtonElement(

@@ -58,6 +58,9 @@ def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
     """The simulated person's answer to what the incident waits for."""
     values = [o["value"] for o in w.options]
     if w.kind == "choice" and w.step_id == "strategy":
+        why = next((o.get("disabled") for o in w.options if o["value"] == strategy), None)
+        if why:
+            raise DrillError(f"strategy {strategy} is not available on this target: {why}")
         return strategy
     if w.kind == "choice" and w.step_id == "restore_backup":
         wanted = str(sandbox.backup_path)

@@ -128,9 +128,13 @@ class Sandbox:
     _cleanup_dirs: list[Path] = field(default_factory=list, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
-    def settings(self) -> dict[str, str]:
+    def settings(self) -> dict[str, Any]:
         """Target settings for the runbook (the keys of ``bot.targets.TargetSettings``)."""
         return {
+            # The deployment's changes carry its marker (or, written by a trigger, fall inside its
+            # span), and its governance entries name its version.
+            "boundary": {"marker": self.deployment_version,
+                         "governance": {"details.version": self.deployment_version}},
             "workdir": str(self.workdir),
             "app_name": self.app_name,
             "db_path": DB_RELATIVE,
