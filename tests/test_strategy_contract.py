@@ -60,7 +60,7 @@ async def test_check_names_the_strategies_and_the_settings_to_add(tmp_path: Path
 
 def test_contract_settings_are_checked_with_their_key() -> None:
     base = {"name": "prod", "transport": "local", "workdir": "/srv"}
-    with pytest.raises(ValueError, match="change_log.coloumn_x|extra"):
+    with pytest.raises(ValueError, match=r"coloumn_x"):
         TargetSettings.model_validate({**base, "change_log": {"coloumn_x": "a"}})
     with pytest.raises(ValueError, match="deployed_until needs deployed_at"):
         TargetSettings.model_validate({**base, "boundary": {"deployed_until": "2026-01-01"}})
