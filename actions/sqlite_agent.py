@@ -1487,9 +1487,10 @@ def op_governance_insert(p: Params) -> Result:
 
 # ---------------------------------------------------------------------------- change log
 # The change log, strategies A/B over it and the read-only reports live in their own modules;
-# ``actions.sqlite.agent_source`` pastes their bodies in place of these imports.
+# ``actions.sqlite.agent_source`` pastes their bodies in place of these imports. Import them
+# through this module (they import it back), e.g. ``from actions.sqlite_agent import LEDGER``.
 
-from actions.sqlite_agent_changes import ChangeLog, access_overrides, log_max, mark_own  # noqa: E402 rb:inline
+from actions.sqlite_agent_changes import LEDGER, ChangeLog, access_overrides, log_max, mark_own  # noqa: E402, F401 rb:inline
 from actions.sqlite_agent_report import (  # noqa: E402 rb:inline
     op_change_points,
     op_data_loss,

@@ -53,6 +53,7 @@ from actions.sqlite_agent_changes import (
     boundary_where,
     change_key,
     changed_columns,
+    ledger_items,
     matches,
     own_condition,
     parse_boundary,
@@ -381,11 +382,16 @@ def _table_loss(conn: sqlite3.Connection, name: str, mine: dict[str, str], log: 
         return out
     undone = lost = unexplained = 0
     if name.lower() == log.table.lower() or name.lower() == "governance_logs":
-        inside = _inside(conn, log, boundary, name, key, removed)
-        undone = sum(1 for k in removed if k in inside)
-        lost = len(removed) - undone
-        unexplained = len(changed)
-        return {**out, "undone": undone, "lost": lost + unexplained, "unexplained": unexplained}
+        # Rows of the log and of governance_logs that the database before held and no longer
+        # holds as they were (a restored log reuses ids): the deployment's, or lost. Rows the
+        # rollback wrote itself (ledger "own") and rows added since are neither.
+        gone = removed | changed
+        if name.lower() == log.table.lower() and len(key) == 1:
+            own = ledger_items(conn, "own", "other")
+            gone = {k for k in gone if f"{log.table}:{k[0]}" not in own}
+        inside = _inside(conn, log, boundary, name, key, gone)
+        undone = len(gone & inside)
+        return {**out, "changed": len(gone), "undone": undone, "lost": len(gone) - undone, "unexplained": 0}
     touched = {k for (t, k) in dep.rows if t == name}
     for k in diff:
         row = read_row(conn, "main", info, key, k)
@@ -421,7 +427,7 @@ def _present(row: dict[str, Any] | None, change: Result) -> bool:
 
 def _inside(conn: sqlite3.Connection, log: ChangeLog, boundary: Any, name: str, key: list[str],
             removed: set[Any]) -> set[Any]:
-    """Removed rows of the log or governance table that belong to the deployment."""
+    """Rows (of the database before) of the log or governance table that belong to the deployment."""
     if not removed:
         return set()
     where, args = boundary_where(conn, log, boundary)

@@ -47,12 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from actions.sqlite import OPS, build_command
-from actions.sqlite_agent import content_hash
 from bot.drill.clock import DrillClock
 from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
 from bot.drill.sandbox import ProcessManager, Sandbox, build_sandbox, free_port
 from bot.drill.sshd import SshdTarget, SshdUnavailable, start_sshd
-from bot.drill.verdict import RESTORED_TABLES, check_verdict
+from bot.drill.verdict import check_verdict, differing_rows, expected_levels
 from bot.engine import Engine, Target, Waiting
 from bot.lifecycle import FINAL, Status, StepStatus
 from bot.records import Records, RecordsConfig
@@ -300,7 +299,7 @@ async def _drive_engine(sandbox: Sandbox, sshd: SshdTarget, python: str, runbook
             raise BenchError(f"engine run ended {status.value}")
         final = await store.incident(inc.id)
         verdict = await check_verdict(store=store, incident=final, transport=transport,
-                                      settings=settings, sandbox=sandbox, strategy=strategy)
+                                      settings=settings, sandbox=sandbox, strategy=strategy, runbook=runbook)
         durations, order, excluded = _executed(runbook, await store.step_runs(inc.id))
         context = await engine.context(inc.id)
     finally:
@@ -457,18 +456,15 @@ def run_ssh_script(sshd: SshdTarget, script: str, marker: str, actions: list[Act
 def check_script_outcome(sandbox: Sandbox, strategy: str) -> list[str]:
     """The drill verdict's database checks, done here on the sandbox after the script."""
     problems: list[str] = []
-    tables = RESTORED_TABLES[strategy]
-    live = content_hash(str(sandbox.db_path), tables)
-    want = sandbox.backup_content_hash["tables"]
-    differing = [t for t in (tables or sorted(want)) if live["tables"].get(t) != want.get(t)]
+    differing = differing_rows(strategy, sandbox, sandbox.db_path)
     if differing:
-        problems.append(f"database differs from the backup in {differing}")
+        problems.append(f"database differs from what strategy {strategy} must leave: {differing}")
     conn = sqlite3.connect(f"file:{sandbox.db_path}?mode=ro", uri=True)
     try:
         levels = {str(k): v for k, v in conn.execute("SELECT user_id, access_level FROM user_permissions")}
     finally:
         conn.close()
-    wrong = sorted(k for k, v in sandbox.original_access_levels.items() if levels.get(k) != v)
+    wrong = sorted(k for k, v in expected_levels(strategy, sandbox).items() if levels.get(k) != v)
     if wrong:
         problems.append(f"access levels differ for {wrong}")
     if "MAINTENANCE_MODE" in sandbox.env_path.read_text():

@@ -133,13 +133,16 @@ class DataLoss:
 
 
 def conflicts_kept(f: Facts) -> dict[str, int]:
-    """Conflicts kept as they are, per table, from the strategy's last run."""
-    out: dict[str, int] = {}
+    """Rows kept as they are (conflicts), per table, from the strategy's last run."""
+    rows: set[tuple[str, str]] = set()  # B lists every change of a kept row: count rows
     for first, taken in CONFLICT_STEPS:
         step = taken if f.done(taken) else first
         for c in f.capture(step, "conflicts") or []:
             if isinstance(c, dict) and c.get("table"):
-                out[str(c["table"])] = out.get(str(c["table"]), 0) + 1
+                rows.add((str(c["table"]), repr(c.get("key"))))
+    out: dict[str, int] = {}
+    for table, _key in rows:
+        out[table] = out.get(table, 0) + 1
     return out
 
 

@@ -196,51 +196,58 @@ def test_json_import_restores_the_pre_deployment_export(sandbox: Sandbox) -> Non
     assert content_hash(str(sandbox.db_path))["total"] == sandbox.backup_content_hash["total"]
 
 
-def test_backup_differs_from_live_exactly_by_the_deployment(sandbox: Sandbox) -> None:
-    conn = sqlite3.connect(sandbox.db_path)
-    try:
-        history = conn.execute(
-            "SELECT id, table_name, record_id, operation, old_values, new_values, changed_at, governance_log_id "
-            "FROM change_history WHERE deployment = ? ORDER BY id",
-            (DEPLOYMENT_VERSION,),
-        ).fetchall()
-        window = conn.execute(
-            "SELECT count(*) FROM change_history WHERE julianday(changed_at) > julianday(?, '-2 hours')",
-            (NOW.strftime("%Y-%m-%d %H:%M:%S"),),
-        ).fetchone()[0]
-    finally:
-        conn.close()
-    assert len(history) == sandbox.deployment_change_count >= 20
-    assert {h[3] for h in history} == {"INSERT", "UPDATE", "DELETE"}
-    assert {h[1] for h in history} == set(DEPLOYMENT_TABLES)  # never user_permissions
-    assert all(h[7] is not None for h in history)
+def test_live_differs_from_the_backup_by_the_deployment_and_peoples_writes(sandbox: Sandbox) -> None:
+    story = sandbox.story
+    legit = story.legit_keys()
+    assert set(legit) == {"step_progress", "user_permissions"} and len(legit["step_progress"]) == 5
+    assert set(story.touched) == {*DEPLOYMENT_TABLES, "user_permissions"}
+    assert len(story.touched["user_permissions"]) == 2  # the deployment's escalation
+    assert story.overlap[1] in story.touched["step_progress"] & legit["step_progress"]
+    assert story.conflict[1] in story.touched["step_progress"] & legit["step_progress"]
+    assert story.overlap != story.conflict
 
-    for table in ("projects", "phases", "step_progress"):
-        before, after = rows_by_id(sandbox.backup_path, table), rows_by_id(sandbox.db_path, table)
-        differing = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-        recorded = {int(h[2]) for h in history if h[1] == table}
-        assert differing == recorded, table
-        assert {str(k) for k in recorded} == sandbox.deployment_keys[table]
-        for change_id, _t, record_id, op, old, new, _at, _log in (h for h in history if h[1] == table):
-            if op == "INSERT":
-                assert int(record_id) not in before and old is None
-            if op == "DELETE":
-                assert int(record_id) not in after and new is None
-                assert tuple(json.loads(old).values()) == before[int(record_id)], change_id
+    assert sandbox.intended_path is not None and sandbox.incident_path is not None
+    for table in ("projects", "phases", "step_progress", "user_permissions"):
+        backup, live = rows_by_id(sandbox.backup_path, table), rows_by_id(sandbox.db_path, table)
+        intended = rows_by_id(sandbox.intended_path, table)
+        differing = {str(k) for k in backup.keys() | live.keys() if backup.get(k) != live.get(k)}
+        assert differing == story.touched.get(table, set()) | legit.get(table, set()), table
+        people = {str(k) for k in backup.keys() | intended.keys() if backup.get(k) != intended.get(k)}
+        assert people == legit.get(table, set()), table
+        assert rows_by_id(sandbox.incident_path, table) == live
     for table in ("governance_logs", "change_history"):
         before, after = rows_by_id(sandbox.backup_path, table), rows_by_id(sandbox.db_path, table)
         assert all(after[k] == row for k, row in before.items()), table  # only appended
-        assert {str(k) for k in after.keys() - before.keys()} == sandbox.deployment_keys[table]
-    assert rows_by_id(sandbox.backup_path, "user_permissions") == rows_by_id(sandbox.db_path, "user_permissions")
-    assert window == len(history)  # the plan's "last 2 hours" query finds the deployment, and only it
+    added = len(rows_by_id(sandbox.db_path, "change_history")) - len(rows_by_id(sandbox.backup_path, "change_history"))
+    assert added == story.deployment_history + story.legit_history
+
+    # user_permissions is logged by triggers: no marker, inside the deployment's span
+    conn = sqlite3.connect(sandbox.db_path)
+    try:
+        marks = conn.execute("SELECT DISTINCT deployment FROM change_history WHERE table_name = 'user_permissions'"
+                             ).fetchall()
+    finally:
+        conn.close()
+    assert marks == [(None,)]
+    # the configured boundary selects exactly the deployment's change rows
+    support = sqlite_agent.run("strategy_support", {"db": str(sandbox.db_path),
+                                                    "boundary": sandbox.settings()["boundary"]})
+    assert all(s["ok"] for s in support["strategies"].values()), support["strategies"]
+    assert support["boundary"]["changes"] == story.deployment_history
+    assert support["boundary"]["counts"]["user_permissions"] == {"UPDATE": 2}
+    # the marker alone would also take people's writes after it (logged under the running version)
+    marker = sqlite_agent.run("strategy_support", {"db": str(sandbox.db_path),
+                                                   "boundary": {"marker": DEPLOYMENT_VERSION}})
+    assert marker["boundary"]["changes"] > story.deployment_history
 
     backup_hash = content_hash(str(sandbox.backup_path))
     assert backup_hash == sandbox.backup_content_hash
-    assert sandbox.live_content_hash["tables"]["user_permissions"] == backup_hash["tables"]["user_permissions"]
     assert sandbox.live_content_hash["total"] != backup_hash["total"]
+    assert story.expected_loss("B") == {t: (len(k) - (t == "step_progress"), 0, int(t == "step_progress"))
+                                         for t, k in story.touched.items()}
 
 
-def test_undoing_the_deployment_history_gives_the_backup(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_undoing_the_deployment_leaves_peoples_writes(sandbox: Sandbox, tmp_path: Path) -> None:
     copy = tmp_path / "copy.db"
     src = sqlite3.connect(sandbox.db_path)
     dst = sqlite3.connect(copy)
@@ -249,19 +256,16 @@ def test_undoing_the_deployment_history_gives_the_backup(sandbox: Sandbox, tmp_p
     finally:
         src.close()
         dst.close()
-    first = sqlite_agent.run(
-        "query",
-        {
-            "db": str(copy),
-            "sql": "SELECT min(id) FROM change_history WHERE deployment = ?",
-            "params": [DEPLOYMENT_VERSION],
-        },
-    )["rows"][0][0]
-    undone = sqlite_agent.run("transaction_rollback", {"db": str(copy), "since_id": first - 1})
-    assert undone["undone"] == sandbox.deployment_change_count
-    got = content_hash(str(copy))["tables"]
-    want = sandbox.backup_content_hash["tables"]
-    assert [t for t in TABLES if got[t] != want[t]] == ["governance_logs"]  # the audit trail stays
+    undone = sqlite_agent.run("transaction_rollback", {"db": str(copy), "boundary": sandbox.settings()["boundary"]})
+    # The conflicting row's two changes (reset, then reassigned) are kept; the escalation's undo
+    # is logged by the triggers and marked as the rollback's own.
+    assert undone["undone"] == sandbox.story.deployment_history - 2 and undone["recorded_by_triggers"] == 2
+    assert {(c["table"], str(c["key"][0])) for c in undone["conflicts"]} == {sandbox.story.conflict}
+    assert sandbox.intended_path is not None
+    for table in ("projects", "phases", "step_progress", "user_permissions"):
+        got, want = rows_by_id(copy, table), rows_by_id(sandbox.intended_path, table)
+        wrong = {k for k in got.keys() | want.keys() if got.get(k) != want.get(k)}
+        assert {str(k) for k in wrong} <= {sandbox.story.conflict[1]}, table
 
 
 def test_access_levels_and_the_decoy_backup(sandbox: Sandbox) -> None:

@@ -171,7 +171,7 @@ async def run_drill(
         recovery = time.monotonic() - started
         notes += await clock.summary(inc.id)
         verdict = await check_verdict(store=store, incident=inc, transport=transport,
-                                      settings=settings, sandbox=sandbox, strategy=strategy)
+                                      settings=settings, sandbox=sandbox, strategy=strategy, runbook=runbook)
         verdict.checks += await record_checks(store=store, incident=inc, transport=transport, settings=settings,
                                               records=records, data_loss_records=verdict.data_loss_records)
         report = (await store.latest_runs(inc.id)).get("report")

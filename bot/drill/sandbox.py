@@ -14,12 +14,14 @@
 
 The tables are exactly ``actions.sqlite_schema``'s. Everything is deterministic for a given
 ``seed`` and ``now``. The bad "Phase 3 deployment" changes, inserts and deletes rows of
-projects, phases and step_progress (never user_permissions), and records every change in
-change_history (full old and new rows as JSON, deployment 'phase-3.0.0') under
-governance_logs rows of its own, so each strategy of the plan (selective, transaction,
-full restore, JSON import) has real work to do and a checkable result. Ordinary activity
-before it is recorded too (deployments 'phase-2.3.0', 'phase-2.4.1') and ends three hours
-before ``now``, so the plan's "last 2 hours" query finds the deployment and only it.
+projects, phases and step_progress, and grants admin to two read-only users; the app records
+every change in change_history (full old and new rows as JSON, deployment 'phase-3.0.0')
+under governance_logs rows of its own, while user_permissions is logged by triggers (no
+deployment marker). Ordinary activity before it is recorded too (deployments 'phase-2.3.0',
+'phase-2.4.1'). People keep working between the backup and the deployment and after it,
+one of them on a row the deployment changed (``bot/drill/sandbox_story.py``): no strategy
+gets "nothing lost" or "access levels equal" by construction, and the drill's verdict checks
+each strategy's exact result and data-loss figures.
 
 The deployment is applied after the app starts and holds the database open, so its commit
 sits in ``production.db-wal`` (copying the main file alone would lose it, as on a busy
@@ -54,6 +56,7 @@ from typing import Any, Literal
 from actions import sqlite_schema
 from actions.sqlite_agent import content_hash
 from bot.drill import target_app
+from bot.drill.sandbox_story import TRIGGERS, Story, Write
 
 APP_NAME = "orbis-forge-admin"
 DEPLOYMENT_VERSION = "phase-3.0.0"
@@ -67,7 +70,7 @@ EXPORT_USER = "emergency_admin"
 DEPLOY_USER = "deploy-bot"
 MAINTENANCE_MESSAGE = "System maintenance in progress. Please try again in 30 minutes."
 PRE_DEPLOYMENT_EXPORT = "pre_deployment_export.json"
-#: Tables the bad deployment changes (never user_permissions).
+#: Tables the bad deployment changes through the app (it also changes user_permissions).
 DEPLOYMENT_TABLES = ("projects", "phases", "step_progress")
 #: Unix socket paths are limited to 107 bytes; pm2 puts its sockets in PM2_HOME.
 _MAX_PM2_HOME = 80
@@ -122,8 +125,14 @@ class Sandbox:
     backup_content_hash: dict[str, Any]
     #: The same for the live database right after the deployment.
     live_content_hash: dict[str, Any]
-    #: user_id -> access_level before any rollback step (the deployment leaves them alone).
+    #: user_id -> access_level when the users were created (before the backup).
     original_access_levels: dict[str, str]
+    #: People's writes around the deployment and what each strategy must leave behind.
+    story: Story = field(default_factory=Story)
+    #: The backup plus only the people's writes (as if the deployment never ran).
+    intended_path: Path | None = None
+    #: The live database as it was when the incident began.
+    incident_path: Path | None = None
     _manager: _Manager | None = field(default=None, repr=False)
     _cleanup_dirs: list[Path] = field(default_factory=list, repr=False)
     _stopped: bool = field(default=False, repr=False)
@@ -387,6 +396,9 @@ class _Writer:
         self, table: str, key: int, op: str, old: dict[str, Any] | None, new: dict[str, Any] | None, at: str
     ) -> None:
         if self.deployment is None:
+            return
+        if table == "user_permissions":  # logged by the table's triggers
+            self.touched.setdefault(table, set()).add(str(key))
             return
         change_id = sqlite_schema.record_change(
             self.conn,
@@ -660,8 +672,11 @@ def _activity(
     w.deployment = w.log_id = w.user = None
 
 
-def _bad_deployment(w: _Writer, rng: random.Random, t: _Timeline, rows: int) -> list[int]:
-    """The Phase 3 deployment: migrations that damage data. Returns its governance log ids."""
+def _bad_deployment(
+    w: _Writer, rng: random.Random, t: _Timeline, rows: int, *, must_reset: int, escalate: list[int]
+) -> tuple[list[int], int]:
+    """The Phase 3 deployment: migrations that damage data and escalate two users' access.
+    Returns its governance log ids and the step it changed twice."""
     w.deployment, w.user = DEPLOYMENT_VERSION, DEPLOY_USER
     ticks = (t.deploy + timedelta(seconds=2 * i) for i in range(1_000_000))
 
@@ -722,10 +737,18 @@ def _bad_deployment(w: _Writer, rng: random.Random, t: _Timeline, rows: int) -> 
             }
             w.insert("step_progress", step, stamp)
 
+    # 0302b: a permission sync grants admin to two read-only users (the trigger logs it,
+    # with no deployment marker, inside the deployment's span).
+    w.log_id = log("data_migration", "migrate", {"migration": "0302_permission_sync"})
+    for user in escalate:
+        stamp = at()
+        w.update("user_permissions", user, {"access_level": "admin", "updated_at": stamp}, stamp)
+
     # 0303: the inline-editing normalisation resets finished work and drops its notes.
     w.log_id = log("data_migration", "migrate", {"migration": "0303_inline_editing_normalisation"})
     done = w.ids("SELECT id FROM step_progress WHERE status = 'completed' ORDER BY id")
-    reset = rng.sample(done, min(len(done), max(6, rows // 10)))
+    reset = rng.sample([d for d in done if d != must_reset], min(len(done) - 1, max(6, rows // 10) - 1))
+    reset.append(must_reset)  # the step someone had just annotated (never the one changed twice)
     for step_id in reset:
         stamp = at()
         w.update("step_progress", step_id, {"status": "pending", "notes": None, "updated_at": stamp}, stamp)
@@ -764,7 +787,7 @@ def _bad_deployment(w: _Writer, rng: random.Random, t: _Timeline, rows: int) -> 
     w.log_id = None
     log("deployment_completed", "deploy", {"changes": len(w.changes), "status": "completed"})
     w.deployment = w.user = None
-    return logs
+    return logs, reset[0]
 
 
 def _backup(conn: sqlite3.Connection, dest: Path, taken_at: datetime) -> None:
@@ -819,6 +842,8 @@ def build_database(workdir: Path, *, rows: int, seed: int, now: datetime) -> _Bu
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
         sqlite_schema.apply_schema(conn)
+        for trigger in TRIGGERS:
+            conn.execute(trigger)
         w = _Writer(conn)
         conn.execute("BEGIN")
         levels = _users(w, t)
@@ -877,28 +902,122 @@ def build_database(workdir: Path, *, rows: int, seed: int, now: datetime) -> _Bu
     return _Built(db_path, backup, decoy, export_path, levels)
 
 
-def apply_bad_deployment(db_path: Path, *, rows: int, seed: int, now: datetime) -> tuple[int, dict[str, set[str]]]:
-    """Apply the Phase 3 deployment to the live database in one transaction.
+def _max_id(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f'SELECT coalesce(max(id), 0) FROM "{table}"').fetchone()[0])
 
-    Returns (change_history rows written, ids as text of the rows touched per table,
-    including the deployment's own change_history and governance_logs rows). Run while
-    the app holds the database open, the commit stays in the -wal file, as on a busy server.
+
+def _legit(conn: sqlite3.Connection, writes: list[Write], at: datetime, version: str) -> int:
+    """People's writes, logged by the app under the running version; returns history rows added."""
+    people = _Writer(conn)
+    people.deployment, people.user = version, _PEOPLE[0]
+    before = _max_id(conn, "change_history")
+    for i, write in enumerate(writes):
+        stamp = _stamp(at + timedelta(seconds=20 * i))
+        values = {**write.values, "updated_at": stamp} if "updated_at" in write.values else write.values
+        write.values.update(values)
+        if write.insert:
+            people.insert(write.table, {"id": write.key, **write.values}, stamp)
+        else:
+            people.update(write.table, write.key, write.values, stamp)
+    people.log(_stamp(at + timedelta(seconds=20 * len(writes))), "user_login", _PEOPLE[1], "user",
+               ("session", _PEOPLE[1]), "login", {"method": "sso"}, phase=version)
+    return _max_id(conn, "change_history") - before
+
+
+def _first(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> int:
+    got = conn.execute(sql, params).fetchone()
+    if got is None:
+        raise SandboxError(f"the sandbox data has no row for: {sql}")
+    return int(got[0])
+
+
+def apply_bad_deployment(
+    db_path: Path, *, rows: int, seed: int, now: datetime, backup: Path, expected_dir: Path
+) -> tuple[int, dict[str, set[str]], Story]:
+    """People's writes after the backup, the Phase 3 deployment, people's writes after it.
+
+    Returns (change_history rows the deployment wrote, ids as text of the rows it touched per
+    table, including its own change_history and governance_logs rows, the story). Writes
+    ``expected_dir/intended.db`` (the backup plus only the people's writes) and
+    ``expected_dir/incident.db`` (the live database when the incident begins). Run while the
+    app holds the database open, the commits stay in the -wal file, as on a busy server.
     """
     rng = random.Random(seed * 7919 + 3)
+    t = _Timeline(now)
+    story = Story()
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
-        w = _Writer(conn)
+        annotated = _first(conn, "SELECT id FROM step_progress WHERE status = 'completed' ORDER BY id")
+        phase = _first(conn, "SELECT id FROM phases WHERE status = 'in_progress' ORDER BY id")
+        writers = [r[0] for r in conn.execute("SELECT id FROM user_permissions WHERE access_level = 'read_write' "
+                                              "AND role NOT IN ('service') ORDER BY id")]
+        readers = [r[0] for r in conn.execute("SELECT id FROM user_permissions WHERE access_level = 'read_only' "
+                                              "ORDER BY id")]
+        if len(writers) < 2 or len(readers) < 2:
+            raise SandboxError("the sandbox needs two read_write and two read_only users")
+        story.pre = [
+            Write("step_progress", annotated, {"notes": "verified in UAT by alice.nguyen", "updated_at": ""}),
+            Write("step_progress", 980001, {"phase_id": phase, "step_key": "90-hotfix-review", "status": "pending",
+                                            "assignee": "ben.okafor", "notes": "added after the backup",
+                                            "updated_at": ""}, insert=True),
+            Write("user_permissions", writers[0], {"access_level": "admin", "updated_at": ""}),
+        ]
+        story.overlap = ("step_progress", str(annotated))
         conn.execute("BEGIN IMMEDIATE")
-        logs = _bad_deployment(w, rng, _Timeline(now), rows)
+        story.legit_history += _legit(conn, story.pre, t.backup + timedelta(minutes=1), PREVIOUS_VERSION)
+        conn.execute("COMMIT")
+
+        w = _Writer(conn)
+        before = _max_id(conn, "change_history")
+        conn.execute("BEGIN IMMEDIATE")
+        logs, changed_twice = _bad_deployment(w, rng, t, rows, must_reset=annotated, escalate=readers[:2])
+        conn.execute("COMMIT")
+        story.deployment_history = _max_id(conn, "change_history") - before
+        story.deployment_governance = len(logs)
+        story.touched = {table: set(ids) for table, ids in w.touched.items()}
+
+        untouched = _first(conn, "SELECT id FROM step_progress WHERE id NOT IN (SELECT value FROM json_each(?)) "
+                                 "ORDER BY id", (json.dumps(sorted(int(k) for k in w.touched["step_progress"])),))
+        story.post = [
+            Write("step_progress", changed_twice, {"status": "in_progress", "notes": "picked up again",
+                                                   "updated_at": ""}),
+            Write("step_progress", untouched, {"status": "completed", "notes": "closed after the release",
+                                               "updated_at": ""}),
+            Write("step_progress", 990001, {"phase_id": phase, "step_key": "91-customer-followup",
+                                            "status": "in_progress", "assignee": "carla.reyes", "notes": None,
+                                            "updated_at": ""}, insert=True),
+            Write("user_permissions", writers[1], {"access_level": "read_only", "updated_at": ""}),
+        ]
+        story.conflict = ("step_progress", str(changed_twice))
+        conn.execute("BEGIN IMMEDIATE")
+        story.legit_history += _legit(conn, story.post, t.deploy + timedelta(minutes=5), DEPLOYMENT_VERSION)
+        conn.execute("COMMIT")
+        story.legit_governance = 2
+        expected_dir.mkdir(parents=True, exist_ok=True)
+        _backup(conn, expected_dir / "incident.db", now)
+    finally:
+        conn.close()
+    _intended(backup, expected_dir / "intended.db", story)
+    keys = {table: set(ids) for table, ids in w.touched.items()}
+    keys["change_history"] = {str(c) for c in range(before + 1, before + story.deployment_history + 1)}
+    keys["governance_logs"] = {str(g) for g in logs}
+    return len(w.changes), keys, story
+
+
+def _intended(backup: Path, dest: Path, story: Story) -> None:
+    """The backup plus only the people's writes: the database as if the deployment never ran."""
+    shutil.copyfile(backup, dest)
+    conn = sqlite3.connect(dest, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for write in [*story.pre, *story.post]:
+            sql, args = write.sql()
+            conn.execute(sql, args)
         conn.execute("COMMIT")
     finally:
         conn.close()
-    keys = {table: set(ids) for table, ids in w.touched.items()}
-    keys["change_history"] = {str(c) for c in w.changes}
-    keys["governance_logs"] = {str(g) for g in logs}
-    return len(w.changes), keys
 
 
 def write_env_file(workdir: Path, *, port: int) -> Path:
@@ -1106,9 +1225,13 @@ def build_sandbox(
     )
     try:
         manager.start(workdir=workdir, port=port, pid_file=sandbox.app_pid_file)
-        count, keys = apply_bad_deployment(built.db_path, rows=rows, seed=seed, now=now)
+        count, keys, story = apply_bad_deployment(built.db_path, rows=rows, seed=seed, now=now,
+                                                  backup=built.backup_path, expected_dir=root / "expected")
         sandbox.deployment_change_count = count
         sandbox.deployment_keys = keys
+        sandbox.story = story
+        sandbox.intended_path = root / "expected" / "intended.db"
+        sandbox.incident_path = root / "expected" / "incident.db"
         sandbox.live_content_hash = content_hash(str(built.db_path))
     except BaseException:
         sandbox.stop()

@@ -1,26 +1,32 @@
-"""The drill's verdict: checked against the sandbox, not taken from the run's own word."""
+"""The drill's verdict: checked against the sandbox, not taken from the run's own word.
+
+C must leave the chosen backup; A and B the intended database (the backup plus people's
+writes since), except the conflict kept as it was and, for A, the annotated row the backup
+had; access levels the chosen point's; the data-loss figures exactly those the sandbox
+constructed (``bot/drill/sandbox_story.py``), not zero.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from actions.sqlite import sqlite_op
+from actions.sqlite_agent import LEDGER
 from actions.transport import Transport
 from bot.drill.sandbox import Sandbox
+from bot.drill.sandbox_story import DATA_TABLES, expected_rows
 from bot.lifecycle import Status
+from bot.metrics import DataLoss, data_loss_detail, gather
+from bot.runbook import Runbook, default_runbook
 from bot.store import Incident, Store
 from bot.targets import TargetSettings
-
-#: Tables each strategy puts back to the chosen backup's content.
-RESTORED_TABLES = {
-    "A": ["projects", "phases", "step_progress", "user_permissions"],
-    "B": ["projects", "phases", "step_progress", "user_permissions"],
-    "C": None,  # every table
-}
 
 
 @dataclass
@@ -46,43 +52,19 @@ class Verdict:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
-def data_loss(diff: dict[str, Any], deployment_keys: dict[str, set[str]]) -> tuple[int, str]:
-    """Rows the emergency backup (taken just before the restore) has that the restored
-    database lost or holds otherwise, minus the rows the bad deployment itself wrote:
-    undoing those is the point of the rollback, anything else is data lost."""
-    total = 0
-    parts = []
-    for table, d in sorted(diff.items()):
-        keys = [*d.get("removed_keys", []), *d.get("changed_keys", [])]
-        ours = deployment_keys.get(table, set())
-        lost = [k for k in keys if _key(k) not in ours]
-        if lost:
-            parts.append(f"{table} {len(lost)}")
-        total += len(lost)
-    return total, ", ".join(parts) or "none"
-
-
-def _key(k: Any) -> str:
-    """A diff key ([55] or [\"a\", 1]) as the text the sandbox records (\"55\")."""
-    if isinstance(k, list) and len(k) == 1:
-        k = k[0]
-    return str(k)
-
-
-async def _governance_equal_but_ours(op: Any, settings: TargetSettings, sandbox: Sandbox,
-                                     incident: Incident) -> bool:
-    """governance_logs equals the backup's once this incident's own rollback entry is left out."""
-    sql = "SELECT * FROM governance_logs ORDER BY id"
-    ours = ("SELECT * FROM governance_logs WHERE NOT (event_type = 'emergency_rollback' AND "
-            "json_extract(runtime_context, '$.incident_id') IS ?) ORDER BY id")
-    live = await op("query", db=settings.db_path, sql=ours, params=[incident.id], max_rows=1_000_000)
-    backup = await op("query", db=str(sandbox.backup_path), sql=sql, params=[], max_rows=1_000_000)
-    return bool(live["rows"] == backup["rows"] and len(live["rows"]) < 1_000_000)
+def loss_lines(measured: DataLoss | None, expected: dict[str, tuple[int, int, int]]) -> tuple[bool, str]:
+    """Whether the measured (undone, lost, kept) per table are exactly the constructed ones."""
+    if measured is None or not measured.known:
+        return False, "not assessed" if measured is None else "unknown (no boundary)"
+    got = {t: (v.undone, v.lost, v.kept) for t, v in measured.tables.items() if v.undone or v.lost or v.kept}
+    wrong = {t: (got.get(t), expected.get(t)) for t in set(got) | set(expected) if got.get(t) != expected.get(t)}
+    shown = ", ".join(f"{t} {u}/{lo}/{k}" for t, (u, lo, k) in sorted(expected.items()))
+    return not wrong, f"undone/lost/kept: {shown}" + (f"; measured otherwise: {wrong}" if wrong else "")
 
 
 async def check_verdict(
     *, store: Store, incident: Incident, transport: Transport, settings: TargetSettings,
-    sandbox: Sandbox, strategy: str,
+    sandbox: Sandbox, strategy: str, runbook: Runbook | None = None,
 ) -> Verdict:
     """Check the outcome of a drill incident on the sandbox itself."""
     v = Verdict()
@@ -94,20 +76,16 @@ async def check_verdict(
         return await sqlite_op(transport, name, params, timeout=600, cwd=settings.workdir,
                                python=settings.python)
 
-    tables = RESTORED_TABLES[strategy]
-    live = await op("content_hash", db=settings.db_path, tables=tables)
-    want = sandbox.backup_content_hash["tables"]
-    names = tables or sorted(want)
-    differing = [t for t in names if live["tables"].get(t) != want.get(t)]
-    if "governance_logs" in differing:
-        # The rollback's own governance entry (Phase 5) is the one row the backup cannot have.
-        if await _governance_equal_but_ours(op, settings, sandbox, incident):
-            differing.remove("governance_logs")
-    v.checks.append(Check(
-        "database content equals the chosen backup's",
-        not differing,
-        f"{len(names)} tables compared by content hash" + (f"; differ: {differing}" if differing else ""),
-    ))
+    wrong = await asyncio.to_thread(differing_rows, strategy, sandbox, Path(settings.workdir) / settings.db_path,
+                                    incident.id)
+    if strategy == "C":
+        name = "database content equals the chosen backup's"
+        detail = "every table compared row by row, but for the rollback's own rows (trigger history, ledger, record)"
+    else:
+        name = "database equals the chosen point plus the legitimate writes"
+        detail = (f"{', '.join(DATA_TABLES)} compared row by row; conflict {sandbox.story.conflict[1]} kept"
+                  + (f", {sandbox.story.overlap[1]} from the backup" if strategy == "A" else ""))
+    v.checks.append(Check(name, not wrong, detail + (f"; differ: {wrong}" if wrong else "")))
 
     vb = runs.get("verify_backup")
     eb = runs.get("emergency_backup")
@@ -123,9 +101,12 @@ async def check_verdict(
                     sql="SELECT user_id, access_level FROM user_permissions ORDER BY user_id", params=[],
                     max_rows=100000)
     levels = {str(r[0]): r[1] for r in rows["rows"]}
-    wrong = {k: (levels.get(k), lvl) for k, lvl in sandbox.original_access_levels.items() if levels.get(k) != lvl}
-    v.checks.append(Check("access levels equal the originals", not wrong,
-                          f"{len(sandbox.original_access_levels)} users" + (f"; wrong: {wrong}" if wrong else "")))
+    expected = await asyncio.to_thread(expected_levels, strategy, sandbox)
+    wrong_levels = {k: (levels.get(k), lvl) for k, lvl in expected.items() if levels.get(k) != lvl}
+    v.checks.append(Check("access levels are the chosen point's", not wrong_levels,
+                          f"{len(expected)} users; the deployment's escalation undone"
+                          + ("" if strategy == "C" else ", people's changes kept")
+                          + (f"; wrong: {wrong_levels}" if wrong_levels else "")))
 
     env = await transport.run(f"cat -- {shlex.quote(settings.env_file)}", timeout=10, cwd=settings.workdir)
     maint_lines = [ln for ln in env.stdout.splitlines() if ln.startswith("MAINTENANCE_")]
@@ -143,9 +124,57 @@ async def check_verdict(
     v.checks.append(Check("app healthy", status == 200 and health.get("status") == "ok",
                           f"GET {settings.health_url} -> {status} {health.get('status')}"))
 
-    dl = runs.get("data_loss")
-    if dl is not None and dl.captures.get("tables") is not None:
-        v.data_loss_records, v.data_loss_detail = data_loss(dl.captures["tables"], sandbox.deployment_keys)
-    else:
-        v.data_loss_detail = "not assessed"
+    facts = await gather(store, runbook or default_runbook(), incident.id)
+    measured = data_loss_detail(facts)
+    ok, detail = loss_lines(measured, sandbox.story.expected_loss(strategy))
+    v.checks.append(Check("data loss exactly as constructed", ok, detail))
+    v.data_loss_records = (measured.total("lost") or 0) if measured is not None else 0
+    v.data_loss_detail = detail
     return v
+
+
+def _expected(strategy: str, sandbox: Sandbox, table: str) -> dict[Any, tuple[Any, ...]]:
+    assert sandbox.intended_path is not None and sandbox.incident_path is not None
+    return expected_rows(strategy, sandbox.story, intended=sandbox.intended_path, backup=sandbox.backup_path,
+                         incident=sandbox.incident_path, table=table)
+
+
+def differing_rows(strategy: str, sandbox: Sandbox, db: Path, incident_id: str | None = None) -> dict[str, list[Any]]:
+    """Rows that are not what the strategy must leave, per table (ids, at most 10 each).
+
+    C: every table equals the backup's, leaving out the rollback's own rows (change_history
+    rows its writes made triggers log, the ledger, this incident's governance record). A and
+    B: the data tables equal the intended ones (``bot.drill.sandbox_story.expected_rows``).
+    """
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = DATA_TABLES
+        own: set[str] = set()
+        if strategy == "C":
+            tables = tuple(r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"))
+            if LEDGER in tables:
+                own = {str(r[0]) for r in conn.execute(f'SELECT item FROM "{LEDGER}" WHERE kind = \'own\'')}
+        out = {}
+        for table in tables:
+            if table == LEDGER:
+                continue
+            got = {r[0]: tuple(r) for r in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid')}
+            if table == "change_history":
+                got = {k: r for k, r in got.items() if f"change_history:{k}" not in own}
+            if table == "governance_logs" and incident_id is not None:
+                got = {k: r for k, r in got.items()
+                       if not (r[2] == "emergency_rollback" and incident_id in str(r[-1]))}
+            want = _expected(strategy, sandbox, table)
+            bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            if bad:
+                out[table] = bad[:10]
+        return out
+    finally:
+        conn.close()
+
+
+def expected_levels(strategy: str, sandbox: Sandbox) -> dict[str, Any]:
+    """user_id -> access level the strategy must leave (the chosen point's, people's changes kept)."""
+    rows = _expected(strategy, sandbox, "user_permissions")
+    return {str(r[1]): r[3] for r in rows.values()}
