@@ -48,10 +48,13 @@ class Played:
 
 
 def default_answers(*, strategy: str, backup: str | None) -> Callable[[Control], bool]:
-    """Press the strategy whose label starts with ``strategy:`` and the backup named ``backup``."""
+    """Press the strategy whose label starts with ``strategy:``, the backup named ``backup``, the
+    deployment point the target's settings give, and keep conflicts as they are."""
 
     def wanted(control: Control) -> bool:
-        return control.text.startswith(f"{strategy}:") or (backup is not None and control.text == backup)
+        return (control.text.startswith((f"{strategy}:", "configured boundary"))
+                or control.text == "Keep them as they are"
+                or (backup is not None and control.text == backup))
 
     return wanted
 
