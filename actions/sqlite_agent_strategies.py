@@ -339,7 +339,9 @@ def _public(change: Result) -> Result:
 def selective_by_log(p: Params) -> Result:
     """Strategy A over the change log (see the module docstring); one transaction."""
     db, spec, boundary, key_spec = _common(p)
-    assert boundary is not None
+    if boundary is None:
+        raise OpError("strategy A needs the deployment's boundary (pick a point, or set the target's "
+                      "boundary)", "bad_boundary")
     backup = _path(p, "backup")
     tag = p.get("tag")
     take = set()

@@ -1037,8 +1037,11 @@ async def test_agent_runs_on_other_pythons_with_the_same_hashes(
     assert backup["verify"]["content_hash"] == (await ours.content_hash(str(db)))["total"]
     since = _deploy(db)
     assert (await other.transaction_rollback(str(db), since_id=since))["undone"] == 9
-    restored = await other.restore(str(db), str(tmp_path / "b.db"))
-    assert restored["already_restored"] is True
+    data = ["projects", "phases", "step_progress", "user_permissions"]
+    assert (await other.content_hash(str(db), data)) == (await ours.content_hash(str(tmp_path / "b.db"), data))
+    restored = await other.restore(str(db), str(tmp_path / "b.db"))  # the history B kept goes too
+    assert restored["already_restored"] is False
+    assert restored["content_hash"] == backup["verify"]["content_hash"]
 
 
 async def test_agent_says_plainly_when_the_target_python_is_too_old(
