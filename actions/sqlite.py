@@ -65,8 +65,10 @@ Operations (params -> result; paths on the target, relative to the command's cwd
   lost, unexplained}}, known, why_unknown, total}
 
 The change log, boundary, ledger and access parameters are described in
-``actions/sqlite_agent_changes.py``; strategies A and B in ``actions/sqlite_agent_strategies.py``;
-the reports in ``actions/sqlite_agent_report.py``.
+``actions/sqlite_agent_changes.py`` (the ledger, keys and access levels are implemented in
+``actions/sqlite_agent_rows.py``); strategies A and B in ``actions/sqlite_agent_strategies.py``;
+the reports in ``actions/sqlite_agent_report.py`` and ``actions/sqlite_agent_loss.py``. The
+parts are pasted into the sent source in place of the agent's ``rb:inline`` imports.
 - ``governance_insert`` {db, record, table="governance_logs", if_absent=false}
   -> {id, inserted, table}
 

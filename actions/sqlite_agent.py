@@ -1490,12 +1490,10 @@ def op_governance_insert(p: Params) -> Result:
 # ``actions.sqlite.agent_source`` pastes their bodies in place of these imports. Import them
 # through this module (they import it back), e.g. ``from actions.sqlite_agent import LEDGER``.
 
-from actions.sqlite_agent_changes import LEDGER, ChangeLog, access_overrides, log_max, mark_own  # noqa: E402, F401 rb:inline
-from actions.sqlite_agent_report import (  # noqa: E402 rb:inline
-    op_change_points,
-    op_data_loss,
-    op_strategy_support,
-)
+from actions.sqlite_agent_changes import LEDGER, ChangeLog  # noqa: E402, F401 rb:inline
+from actions.sqlite_agent_loss import op_data_loss  # noqa: E402 rb:inline
+from actions.sqlite_agent_report import op_change_points, op_strategy_support  # noqa: E402 rb:inline
+from actions.sqlite_agent_rows import access_overrides, log_max, mark_own  # noqa: E402 rb:inline
 from actions.sqlite_agent_strategies import op_transaction_rollback, selective_by_log  # noqa: E402 rb:inline
 
 # ---------------------------------------------------------------------------- main

@@ -49,12 +49,10 @@ from actions.sqlite_agent import (
     to_json,
     user_tables,
 )
-from actions.sqlite_agent_changes import (
-    LEDGER,
+from actions.sqlite_agent_changes import ChangeLog, parse_boundary
+from actions.sqlite_agent_rows import (
     AccessOverlay,
-    ChangeLog,
-    boundary_where,
-    change_key,
+    Deployment,
     changed_columns,
     key_text,
     ledger_ensure,
@@ -64,86 +62,10 @@ from actions.sqlite_agent_changes import (
     log_max,
     mark_own,
     matches,
-    own_condition,
-    parse_boundary,
     read_row,
-    table_key,
 )
 
 # rb:body -- everything below is pasted into the agent's source when it is sent
-
-RECORD_TABLE = "governance_logs"
-
-
-class Deployment:
-    """The boundary's changes, grouped by the row they touched."""
-
-    def __init__(self, conn: sqlite3.Connection, log: ChangeLog, boundary: dict[str, Any],
-                 key_spec: Any, *, need_keys: bool = True) -> None:
-        self.log = log
-        where, args = boundary_where(conn, log, boundary)
-        own, own_args = own_condition(conn, log)
-        self.changes = log.read(conn, f"({where}) AND {own}", [*args, *own_args])
-        self.ids = {c["id"] for c in self.changes}
-        self.infos: dict[str, TableInfo] = {}
-        self.keys: dict[str, list[str]] = {}
-        self.no_key: dict[str, str] = {}
-        self.rows: dict[tuple[str, tuple[Any, ...]], list[Result]] = {}
-        #: Changes to governance_logs: the audit record of what happened, kept by A and B.
-        self.records: list[Result] = []
-        known = {t.lower(): t for t in user_tables(conn, log.schema)}
-        for change in list(self.changes):
-            name = change["table"]
-            if not isinstance(name, str) or name.lower() not in known:
-                raise OpError(f"change {change['id']}: no such table {name!r}", "bad_table")
-            table = known[name.lower()]
-            if table.lower() in (log.table.lower(), LEDGER.lower()):
-                raise OpError(f"change {change['id']}: cannot undo changes to the change log itself")
-            change["table"] = table
-            if table.lower() == RECORD_TABLE:
-                self.records.append(change)
-                self.changes.remove(change)
-                continue
-            if table not in self.infos:
-                self.infos[table] = TableInfo(conn, table, log.schema)
-                try:
-                    self.keys[table] = table_key(self.infos[table], key_spec)
-                except OpError as exc:
-                    if need_keys:
-                        raise
-                    self.no_key[table] = str(exc)
-            for side in ("old", "new"):  # every named column must be one of the table's
-                for name in change[side] or {}:
-                    if name.lower() != "rowid":
-                        self.infos[table].column(name)
-            if table in self.keys:
-                change["key"] = change_key(change, self.keys[table])
-                self.rows.setdefault((table, change["key"]), []).append(change)
-
-    def later_elsewhere(self, conn: sqlite3.Connection) -> dict[tuple[str, tuple[Any, ...]], Result]:
-        """For each touched row, the first change outside the boundary after the deployment's last."""
-        if not self.changes:
-            return {}
-        first = min(c["id"] for c in self.changes)
-        own, own_args = own_condition(conn, self.log)
-        later = self.log.read(conn, f"{self.log.q('order_column')} > ? AND {own}", [first, *own_args])
-        out: dict[tuple[str, tuple[Any, ...]], Result] = {}
-        lows = {t.lower(): t for t in self.infos}
-        for change in later:
-            if change["id"] in self.ids or not isinstance(change["table"], str):
-                continue
-            table = lows.get(change["table"].lower())
-            if table is None or table not in self.keys:
-                continue
-            try:
-                key = change_key(change, self.keys[table])
-            except OpError:
-                continue
-            mine = self.rows.get((table, key))
-            if mine and change["id"] > mine[-1]["id"] and (table, key) not in out:
-                out[(table, key)] = change
-        return out
-
 
 def _common(p: Params) -> tuple[str, Any, dict[str, Any] | None, Any]:
     db = _path(p, "db")

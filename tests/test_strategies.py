@@ -330,7 +330,8 @@ def test_agent_parts_define_no_name_twice() -> None:
     import ast
 
     seen: dict[str, str] = {}
-    for part in ("sqlite_agent", "sqlite_agent_changes", "sqlite_agent_strategies", "sqlite_agent_report"):
+    for part in ("sqlite_agent", "sqlite_agent_changes", "sqlite_agent_rows", "sqlite_agent_strategies",
+                 "sqlite_agent_report", "sqlite_agent_loss"):
         tree = ast.parse((Path(sqlite_agent.__file__).parent / f"{part}.py").read_text(encoding="utf-8"))
         for node in tree.body:
             names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else [
