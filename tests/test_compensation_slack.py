@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,7 @@ async def _target_state(bot: Bot) -> dict[str, Any]:
     return {
         "maintenance": any(ln.startswith("MAINTENANCE_MODE=true") for ln in env.stdout.splitlines()),
         "access_restored": levels == bot.sandbox.original_access_levels,
+        "levels": levels,
         "health": health.status_code,
         "governance": [(r[0], json.loads(r[1])) for r in rows],
     }
@@ -211,13 +213,19 @@ async def test_abort_after_restore_keeps_maintenance_on(bot: Bot) -> None:
         await _open_and_approve(bot)
         await bot.press("C: Full database restore")
         await bot.press(bot.sandbox.backup_path.name)
+        inc = await bot.services.store.incident(bot.incident_id)
+        point = next(b.text for b in bot.fake.buttons(CH, inc.thread_ts) if b.text.startswith("configured boundary"))
+        await bot.press(point)  # the deployment the data-loss figures are about
         assert fired()
         runs = await bot.services.store.latest_runs(bot.incident_id)
         assert runs["full_restore"].status is StepStatus.DONE and "start_app" not in runs
         await bot.press("Keep maintenance on")
         state = await _target_state(bot)
-        # Maintenance kept on by choice; access put back; the stopped app started (in maintenance: 503).
-        assert state["maintenance"] is True and state["access_restored"] and state["health"] == 503
+        # Maintenance kept on by choice; access put back as the restored database had it (the
+        # chosen point's levels, not the bad deployment's); the stopped app started (503).
+        with sqlite3.connect(bot.sandbox.backup_path) as conn:
+            chosen = {str(u): lvl for u, lvl in conn.execute("SELECT user_id, access_level FROM user_permissions")}
+        assert state["maintenance"] is True and state["levels"] == chosen and state["health"] == 503
         assert [s for s, _ in state["governance"]] == [0]
         runs = await bot.services.store.latest_runs(bot.incident_id)
         assert runs["start_app_after_stop"].status is StepStatus.DONE

@@ -125,7 +125,8 @@ class Sandbox:
     backup_content_hash: dict[str, Any]
     #: The same for the live database right after the deployment.
     live_content_hash: dict[str, Any]
-    #: user_id -> access_level when the users were created (before the backup).
+    #: user_id -> access_level when the incident begins, before any rollback step (the
+    #: deployment's escalation and people's changes included): what an abort puts back.
     original_access_levels: dict[str, str]
     #: People's writes around the deployment and what each strategy must leave behind.
     story: Story = field(default_factory=Story)
@@ -1232,6 +1233,12 @@ def build_sandbox(
         sandbox.story = story
         sandbox.intended_path = root / "expected" / "intended.db"
         sandbox.incident_path = root / "expected" / "incident.db"
+        conn = sqlite3.connect(f"file:{sandbox.incident_path}?mode=ro", uri=True)
+        try:
+            sandbox.original_access_levels = {
+                str(u): str(lvl) for u, lvl in conn.execute("SELECT user_id, access_level FROM user_permissions")}
+        finally:
+            conn.close()
         sandbox.live_content_hash = content_hash(str(built.db_path))
     except BaseException:
         sandbox.stop()
