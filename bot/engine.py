@@ -222,10 +222,12 @@ class Engine:
                                list(w.get("options", [])), w.get("error"))
         return None
 
-    async def answer(self, incident_id: str, step_id: str, value: str, *, user: str) -> None:
+    async def answer(self, incident_id: str, step_id: str, value: str, *, user: str,
+                     roles: list[str] | None = None) -> None:
         """Give a person's answer to what a step waits for; ``AnswerRefused`` if it does not fit.
 
-        The first answer wins: a second click on an answered question is refused.
+        The first answer wins: a second click on an answered question is refused. ``roles``
+        (the roles the person acted in) is kept with the answer for the record.
         """
         async with self._locks.setdefault(incident_id, asyncio.Lock()):
             inc = await self.store.incident(incident_id)
@@ -243,8 +245,10 @@ class Engine:
                 await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
                                      data={"value": value[:200]})
                 raise AnswerRefused(f"{value[:80]!r} was not offered for step {step_id!r}")
-            await self.store.end_step(run.id, run.status, actor=user,
-                                      answer={"value": value, "user": user})
+            answer: dict[str, Any] = {"value": value, "user": user}
+            if roles is not None:
+                answer["roles"] = list(roles)
+            await self.store.end_step(run.id, run.status, actor=user, answer=answer)
         await self._changed(incident_id)
 
     async def approve(
@@ -267,7 +271,8 @@ class Engine:
         await self._changed(incident_id)
         return ok, why
 
-    async def request_abort(self, incident_id: str, *, user: str, reason: str) -> Incident:
+    async def request_abort(self, incident_id: str, *, user: str, reason: str,
+                            roles: list[str] | None = None) -> Incident:
         """Stop after the running step; an incident waiting for a person stops now.
 
         When the run got past its gates and the runbook declares a compensation, the
@@ -279,7 +284,10 @@ class Engine:
         if inc.status is Status.COMPENSATING:
             raise AnswerRefused(f"incident {incident_id} is already being aborted: its compensation is running")
         await self.store.update_incident(incident_id, abort_reason=reason)
-        await self.store.log(incident_id, "abort_requested", actor=user, data={"reason": reason})
+        data: dict[str, Any] = {"reason": reason}
+        if roles is not None:
+            data["roles"] = list(roles)
+        await self.store.log(incident_id, "abort_requested", actor=user, data=data)
         lock = self._locks.setdefault(incident_id, asyncio.Lock())
         if not lock.locked():
             async with lock:

@@ -451,6 +451,9 @@ class Phase(_Model):
     id: Annotated[str, Field(pattern=_ID, max_length=64)]
     title: str
     timeline: str = ""
+    #: A phase that runs later than the written plan puts it is shown where the plan has it:
+    #: before this phase (by id), with a note saying when it really runs.
+    shown_before: str | None = None
     steps: list[Step] = Field(min_length=1)
 
 
@@ -630,6 +633,11 @@ def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
     captures: dict[str, set[str]] = {}
     choices: set[str] = set()
     seen: set[str] = set()
+    phase_ids = [p.id for p in rb.phases]
+    for phase in rb.phases:
+        if phase.shown_before is not None and phase.shown_before not in phase_ids:
+            problems.append((where.get(phase.steps[0].id, 0),
+                             f"phase {phase.id!r}: shown_before names no phase ({phase.shown_before!r})"))
     main = {s.id for _, s in rb.steps()}
     comp_ids = {s.id for s in rb.compensation.steps} if rb.compensation else set()
     for phase in rb.all_phases():

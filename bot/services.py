@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -16,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.approvals import ApprovalPolicy
 from bot.clock_flows import ClockRuntime, fan_out, mentions_for
 from bot.config import INCIDENT_COMMANDER, BotConfig
+from bot.control import ControlPoller, Executor
 from bot.engine import Engine, Target
 from bot.lifecycle import Status
 from bot.records import Records
@@ -46,6 +49,9 @@ class Services:
     client: AsyncWebClient
     targets: dict[str, Target]
     clock: ClockRuntime | None = None
+    #: Carries out ``rollback-bot incident answer|abort`` requests from the store.
+    control: ControlPoller | None = None
+    _control_task: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
@@ -113,6 +119,10 @@ class Services:
                 self.run_incident(inc.id)
         if self.clock is not None:
             await self.clock.start()  # jobs that fell while the bot was down run now
+        if self.control is not None and self._control_task is None:
+            # Requests made from the command line while the bot was down are carried out first.
+            await self.control.once()
+            self._control_task = asyncio.create_task(self.control.run(), name="control-requests")
 
     async def kick(self, incident_id: str) -> None:
         """Let the engine go on with an incident (scheduled jobs call this)."""
@@ -120,6 +130,9 @@ class Services:
 
     async def close(self) -> None:
         """Stop background work, close transports and the store."""
+        if self._control_task is not None:
+            self._control_task.cancel()
+            await asyncio.wait([self._control_task], timeout=5)
         if self.clock is not None:
             await self.clock.close()
         for task in list(self._tasks):
@@ -158,5 +171,7 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
                                   policy=policy, kick=services.kick, mention=mentions_for(config.roles))
     engine.clock_host = services.clock
+    executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident)
+    services.control = ControlPoller(executor, name=f"serve:{socket.gethostname()}:{os.getpid()}")
     engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
     return services
