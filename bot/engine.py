@@ -37,6 +37,7 @@ from bot import compensation, timed_steps
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.people import Names
 from bot.record_steps import RECORD_STEPS, RecordContext, release_options
 from bot.record_steps import perform as perform_record
 from bot.records import Records, RecordsConfig
@@ -151,6 +152,7 @@ class Engine:
         clock_host: timed_steps.ClockHost | None = None,
         records: Records | None = None,
         redact: Callable[[str], str] | None = None,
+        names: Names | None = None,
     ) -> None:
         self.store = store
         self.runbook = runbook
@@ -173,6 +175,8 @@ class Engine:
         self.clock_host = clock_host
         #: Hides secrets in what the target prints before it is stored, posted or uploaded.
         self.redact = redact or Redactor(values=env_secrets())
+        #: Resolves Slack user ids to names for the record (the report shows people by name).
+        self.names = names
 
     # ------------------------------------------------------------ public API
 
@@ -501,7 +505,7 @@ class Engine:
                 value = None
             if not cond.holds(value):
                 run = await self.store.begin_step(inc.id, step.id, phase.id)
-                await self.store.end_step(run.id, StepStatus.SKIPPED, error=f"condition not met: {step.when}")
+                await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": cond.words(value)})
                 return "next"
         return await self._execute(inc, phase, step, ctx)
 
@@ -526,9 +530,13 @@ class Engine:
             captures["label"] = label
             await self.store.end_step(run.id, StepStatus.DONE, actor=user, captures=captures)
             return "next"
-        if value in ("skip", "mark_done"):
-            status = StepStatus.SKIPPED if value == "skip" else StepStatus.DONE
-            await self.store.end_step(run.id, status, actor=user, error=f"{value} by {user}")
+        if value == "skip":
+            await self.store.end_step(run.id, StepStatus.SKIPPED, actor=user, error=None, captures={
+                **run.captures, "skip_reason": f"skipped by {user} after it failed ({run.error or 'no error'})"})
+            return "next"
+        if value == "mark_done":
+            await self.store.end_step(run.id, StepStatus.DONE, actor=user, error=None, captures={
+                **run.captures, "note": f"marked done by {user} after the bot restarted while it ran"})
             return "next"
         # retry / rerun: a new attempt (a retry on a host group re-runs only its failed hosts)
         return await self._execute(inc, phase, step, await self.context(inc.id),
@@ -598,6 +606,10 @@ class Engine:
         except (ActionError, TemplateError) as exc:
             return await self._failed(inc, step, run, exc)
         tail = output[-TAIL_CHARS:]
+        if result.get("skipped"):  # the step found nothing to do (a notify without its webhook)
+            await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": str(result["skipped"])},
+                                      output_tail=tail, duration=time.monotonic() - started)
+            return "next"
         await self.store.end_step(
             run.id, StepStatus.DONE, captures=captures, output_tail=tail,
             output_digest=_digest(output), output_bytes=len(output.encode()),
@@ -763,7 +775,7 @@ class Engine:
     def _record_context(self, inc: Incident, step: StepBase) -> RecordContext:
         target = self._target(inc, step)
         return RecordContext(self.store, self.runbook, target.settings, target.transport, self.records,
-                             self.audit, self.time_scale, self.http, self._changed)
+                             self.audit, self.time_scale, self.http, self._changed, self.names)
 
     def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
         captures: dict[str, Any] = {k: result[k] for k in getattr(step, "produces", ()) if k in result}

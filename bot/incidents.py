@@ -166,10 +166,11 @@ async def _abort(services: Services, *, user_id: str, channel_id: str, rest: str
         inc, reason = active[0], rest.strip()
     if not reason.strip():
         raise Refused("An abort needs a reason: `/rollback abort [id] reason`.")
-    if not await services.may_act(user_id):
+    roles = await services.may_act(user_id)
+    if not roles:
         raise Refused("Only approvers and incident commanders may abort a rollback.")
     try:
-        await services.engine.request_abort(inc.id, user=user_id, reason=reason.strip()[:500])
+        await services.engine.request_abort(inc.id, user=user_id, reason=reason.strip()[:500], roles=roles)
     except AnswerRefused as exc:
         raise Refused(str(exc)) from None
     services.run_incident(inc.id)
@@ -230,6 +231,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
     if matrix.decision is Decision.NO_ROLLBACK and not req.override:
         await services.store.apply(inc.id, Event.CLOSE, actor=user_id,
                                    data={"reason": "P4: no rollback needed", "explanation": matrix.explain()})
+        await services.engine.audit.flush()  # the close is on record at once, not at the next change
         services.publisher.request(inc.id)
         return
     if services.clock is not None:
@@ -301,7 +303,8 @@ async def answer_click(*, services: Services, user_id: str, channel_id: str, thr
     inc = await _incident(services, incident_id)
     if inc.status in FINAL:
         raise Refused(f"{inc.id} is already {inc.status.value}; nothing is asked any more.")
-    if not await services.may_act(user_id):
+    roles = await services.may_act(user_id)
+    if not roles:
         raise Refused("Only approvers and incident commanders may answer the rollback's questions.")
     runs = await services.store.step_runs(incident_id)
     run = next((r for r in runs if r.id == run_id), None)
@@ -316,7 +319,7 @@ async def answer_click(*, services: Services, user_id: str, channel_id: str, thr
     if not 0 <= index < len(options):
         raise Refused("That option was not offered.")
     try:
-        await services.engine.answer(incident_id, run.step_id, options[index]["value"], user=user_id)
+        await services.engine.answer(incident_id, run.step_id, options[index]["value"], user=user_id, roles=roles)
     except AnswerRefused as exc:
         raise Refused(str(exc)) from None
     services.run_incident(incident_id)

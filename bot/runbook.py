@@ -81,6 +81,24 @@ class Condition:
             raise ValueError(f"condition {text!r}: 'in' needs a list")
         return cls(ref, op, literal)
 
+    def words(self, value: Any) -> str:
+        """Why the condition did not hold, in words (the reason a step was skipped)."""
+        root, _, rest = self.ref.partition(".")
+        name = {"choices": f"the {rest} choice", "target": f"the target's {rest}",
+                "incident": f"the incident's {rest}"}.get(root, self.ref)
+
+        def show(v: Any) -> str:
+            return "empty" if v in ("", None) else repr(v)
+
+        now = "not chosen" if value is None and root == "choices" else f"it is {show(value)}"
+        if self.op == "!=" and self.literal in ("", None):
+            return f"runs only when {name} is set; {now}"
+        if self.op == "==":
+            return f"runs only when {name} is {show(self.literal)}; {now}"
+        if self.op == "in":
+            return f"runs only when {name} is one of {', '.join(show(v) for v in self.literal)}; {now}"
+        return f"not needed when {name} is {show(value)}"
+
     def holds(self, value: Any) -> bool:
         """Evaluate against the referenced value."""
         if self.op == "==":

@@ -21,6 +21,7 @@ from bot.config import INCIDENT_COMMANDER, BotConfig
 from bot.control import ControlPoller, Executor
 from bot.engine import Engine, Target
 from bot.lifecycle import Status
+from bot.people import PeopleDirectory
 from bot.records import Records
 from bot.redaction import SECRET_ENV, Redactor, env_secrets
 from bot.roles import RoleDirectory
@@ -163,13 +164,14 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets)])
     engine = Engine(store, runbook, targets, artifacts_dir=config.artifacts_dir, time_scale=config.time_scale,
                     policies={"default": policy}, on_change=publisher.on_change, records=records,
-                    redact=Redactor(config.redact, secrets))
+                    redact=Redactor(config.redact, secrets), names=PeopleDirectory(client).names)
     roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
     services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
                         publisher=publisher, client=client, targets=targets)
     jobs = JobScheduler(config.jobs_db or jobs_url(config.state_db), clock=clock, time_scale=config.time_scale)
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
-                                  policy=policy, kick=services.kick, mention=mentions_for(config.roles))
+                                  policy=policy, kick=services.kick, mention=mentions_for(config.roles),
+                                  holders=roles.holders)
     engine.clock_host = services.clock
     executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident)
     services.control = ControlPoller(executor, name=f"serve:{socket.gethostname()}:{os.getpid()}")

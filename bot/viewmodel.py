@@ -44,6 +44,8 @@ class StepView:
     error: str | None
     waiting: dict[str, Any] | None
     answered: bool
+    #: Why a skipped step was skipped, in words.
+    note: str = ""
 
 
 @dataclass
@@ -115,7 +117,7 @@ def phase_notes(runbook: Runbook) -> dict[str, str]:
     for i, phase in enumerate(runbook.phases):
         if phase.shown_before and i > 0:
             before = runbook.phases[i - 1].title
-            notes[phase.id] = f"runs after {before}" + (f" ({phase.timeline})" if phase.timeline else "")
+            notes[phase.id] = f"runs after {before}"
     return notes
 
 
@@ -152,6 +154,7 @@ def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> Inc
                 facts=_facts(run) if run else {}, error=run.error if run else None,
                 waiting=run.waiting if run else None,
                 answered=bool(run and run.answer is not None),
+                note=str(run.captures.get("skip_reason") or "") if run and status == "skipped" else "",
             ))
         phases.append(pv)
     return IncidentView(incident, phases)

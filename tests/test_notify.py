@@ -88,7 +88,9 @@ async def test_no_webhook_configured_is_skipped_quietly(tmp_path: Path, monkeypa
     monkeypatch.delenv("ROLLBACK_STAKEHOLDER_WEBHOOK", raising=False)
     store, engine, iid = await _run(tmp_path, "r")
     runs = await store.latest_runs(iid)
-    assert runs["tell"].status is StepStatus.DONE
+    # Recorded as skipped, with the reason in words, not as done and not as an error.
+    assert runs["tell"].status is StepStatus.SKIPPED and runs["tell"].error is None
+    assert runs["tell"].captures["skip_reason"] == "no stakeholder webhook: ROLLBACK_STAKEHOLDER_WEBHOOK is not set"
     assert (await store.incident(iid)).status is Status.COMPLETED
     await engine.targets["t"].transport.close()
     await store.close()
