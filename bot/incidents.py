@@ -24,6 +24,7 @@ from bot.services import Services
 from bot.slack_forms import TRIGGERS, parse_reject, parse_start, reject_modal, start_modal
 from bot.slack_view import parse_answer_value
 from bot.store import Incident, TargetBusy
+from bot.templating import slack_escape
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ async def _incident(services: Services, incident_id: str) -> Incident:
     try:
         return await services.store.incident(incident_id)
     except KeyError:
-        raise Refused(f"There is no incident {incident_id[:40]}.") from None
+        raise Refused(f"There is no incident {slack_escape(incident_id[:40])}.") from None
 
 
 # ---------------------------------------------------------------- running a flow
@@ -97,7 +98,7 @@ async def command(*, services: Services, user_id: str, channel_id: str, channel_
     sub = words[0].lower() if words else "help"
     rest = words[1] if len(words) > 1 else ""
     if sub == "help" or sub not in ("start", "status", "abort"):
-        prefix = "" if sub == "help" else f"Unknown subcommand `{sub[:30]}`.\n"
+        prefix = "" if sub == "help" else f"Unknown subcommand `{slack_escape(sub[:30])}`.\n"
         await ephemeral(services, channel=channel_id, user=user_id, text=prefix + HELP)
         return
     if not _in_channel(services, channel_id, channel_name):
@@ -143,13 +144,13 @@ async def _status(services: Services, *, user_id: str, channel_id: str, rest: st
         line = f"*{inc.id}* `{inc.target}` {inc.severity or ''} {inc.decision or ''} — *{inc.status.value}*"
         w = await services.engine.waiting_for(inc.id)
         if w is not None:
-            line += f", waiting for {w.kind}: {w.prompt}"
+            line += f", waiting for {w.kind}: {slack_escape(w.prompt)}"
         latest = await services.store.latest_runs(inc.id)
         running = [r.step_id for r in latest.values() if r.status is StepStatus.RUNNING]
         if running:
             line += f", running {', '.join(running)}"
         if inc.abort_reason:
-            line += f" (abort requested: {inc.abort_reason})"
+            line += f" (abort requested: {slack_escape(inc.abort_reason)})"
         lines.append(line)
     await ephemeral(services, channel=channel_id, user=user_id, text="\n".join(lines))
 
@@ -346,8 +347,10 @@ def _where(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
 async def report_error(*, services: Services | None, error: BaseException, body: dict[str, Any]) -> str | None:
     """Known errors become a clear ephemeral message; unknown ones are logged with an id (returned)."""
     ref: str | None = None
-    if isinstance(error, Refused | TargetBusy | AnswerRefused):
-        text = str(error)
+    if isinstance(error, Refused):
+        text = str(error)  # built here, typed parts escaped where they were put in
+    elif isinstance(error, TargetBusy | AnswerRefused):
+        text = slack_escape(str(error))  # may quote a value from the request
     elif isinstance(error, RoleLookupFailed):
         text = f"Your roles could not be checked right now ({error}); nothing was recorded. Try again shortly."
     else:

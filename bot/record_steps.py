@@ -45,7 +45,7 @@ from bot.runbook import (
 )
 from bot.store import Incident, Store
 from bot.targets import TargetSettings
-from bot.templating import render_text, render_value
+from bot.templating import render_slack, render_text, render_value
 
 RECORD_STEPS = (GithubWorkflowStep, GovernanceStep, EvidenceStep, ReportStep, NotifyStep)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -340,7 +340,7 @@ async def perform_report(rc: RecordContext, inc: Incident) -> tuple[dict[str, An
 async def perform_notify(rc: RecordContext, step: NotifyStep, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """POST ``{"text": …}`` to the stakeholder webhook, when one is configured."""
     url = os.environ.get(step.url_env, "")
-    text = render_text(step.text, ctx)
+    text = render_slack(step.text, ctx)  # a typed <!channel> or disguised link is shown, not acted on
     if not url:
         return {"sent": False, "skipped": f"no stakeholder webhook: {step.url_env} is not set"}, text
     resp = await http_request("POST", url, json_body={"text": text}, timeout=step.timeout, client=rc.http)

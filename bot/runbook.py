@@ -753,6 +753,17 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
             node = _node_at(root, ("compensation", name))
             where[key] = node.start_mark.line + 1 if node is not None else 0
     problems2 = _check_refs(rb, where)
+    from bot.runbook_safety import unquoted_user_values  # it reads this module's step models
+
+    def line_of(step_id: str, field: str) -> int:
+        for pi, phase in enumerate(rb.phases):
+            for si, step in enumerate(phase.steps):
+                if step.id == step_id:
+                    node = _node_at(root, ("phases", pi, "steps", si, field))
+                    return node.start_mark.line + 1 if node is not None else where.get(step_id, 0)
+        return where.get(step_id, 0)
+
+    problems2 += unquoted_user_values(rb, line_of)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
     return rb

@@ -23,9 +23,9 @@ from bot.engine import Engine, Target
 from bot.lifecycle import Status
 from bot.people import PeopleDirectory
 from bot.records import Records
-from bot.redaction import SECRET_ENV, Redactor, env_secrets
+from bot.redaction import SECRET_ENV, Redactor, env_secrets, redact_logs
 from bot.roles import RoleDirectory
-from bot.runbook import Runbook, default_runbook, load_runbook
+from bot.runbook import NotifyStep, Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
 from bot.store import Store
@@ -161,10 +161,13 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     config.artifacts_dir.mkdir(parents=True, exist_ok=True)
     # Relative record paths were taken from the config file's folder; without one, beside the artifacts.
     records = Records.open(config.records.resolved(config.artifacts_dir.parent))
-    secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets)])
+    # Webhook URLs are credentials too: every notify step's variable, beside the bot's own secrets.
+    hooks = [s.url_env for _, s in runbook.steps() if isinstance(s, NotifyStep)]
+    secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets), *hooks])
     engine = Engine(store, runbook, targets, artifacts_dir=config.artifacts_dir, time_scale=config.time_scale,
                     policies={"default": policy}, on_change=publisher.on_change, records=records,
                     redact=Redactor(config.redact, secrets), names=PeopleDirectory(client).names)
+    redact_logs(engine.redact)
     roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
     services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
                         publisher=publisher, client=client, targets=targets)
