@@ -296,3 +296,43 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
             if bot.proc is not None:
                 bot.proc.kill()
                 await bot.proc.wait()
+
+
+async def test_each_request_is_carried_out_once_among_several_pollers(tmp_path: Path) -> None:
+    from bot.approvals import DEFAULT_POLICY
+    from bot.control import ControlPoller, Executor, list_requests, submit
+    from bot.store import Store
+
+    store = await Store.open(str(tmp_path / "state.db"))
+    try:
+        inc = await store.create_incident(target="t", runbook="r")
+        carried: list[tuple[str, int]] = []
+
+        class Counting(Executor):
+            async def execute(self, req: Any) -> tuple[str, str]:
+                carried.append((self.kick.__name__ if self.kick else "", req.id))  # type: ignore[union-attr]
+                await asyncio.sleep(0)  # let the other pollers try the same rows meanwhile
+                return "done", "ok"
+
+        def named(name: str) -> Any:
+            def kick(_: str) -> None:
+                return None
+            kick.__name__ = name
+            return kick
+
+        pollers = [ControlPoller(Counting(store, None, DEFAULT_POLICY, _no_roles, online=True,  # type: ignore[arg-type]
+                                          kick=named(f"replica{i}")), name=f"replica{i}") for i in range(3)]
+        ids = [await submit(store, incident_id=inc.id, action="abort", actor=IC, operator="test@host", reason="r")
+               for _ in range(20)]
+        for _ in range(3):
+            await asyncio.gather(*(p.once() for p in pollers))
+        assert sorted(i for _, i in carried) == ids  # each exactly once
+        assert {r.status for r in await list_requests(store)} == {"done"}
+        print(f"control plane: {len(ids)} requests, 3 pollers, {len(carried)} executions, "
+              f"{len({who for who, _ in carried})} pollers took some")
+    finally:
+        await store.close()
+
+
+async def _no_roles(_: str) -> list[str]:
+    return []
