@@ -382,8 +382,8 @@ class ControlPoller:
             try:
                 await self.executor.engine.request_abort(inc.id, user=req.actor, reason=inc.abort_reason
                                                          or req.reason or "aborted from the command line")
-            except AnswerRefused:
-                return
+            except AnswerRefused as exc:  # already being aborted (its compensation runs): go on with it
+                log.info("control request %s: %s", req.id, exc)
         if self.executor.kick is not None:
             self.executor.kick(inc.id)
 
