@@ -505,7 +505,8 @@ class Engine:
                 value = None
             if not cond.holds(value):
                 run = await self.store.begin_step(inc.id, step.id, phase.id)
-                await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": cond.words(value)})
+                await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": cond.words(value),
+                                                                                "condition": step.when})
                 return "next"
         return await self._execute(inc, phase, step, ctx)
 
