@@ -101,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
     v = ausub.add_parser("verify", help="check the hash chain of an audit log; names the first broken line")
     v.add_argument("file", help="the audit log (JSONL), e.g. logs/governance.jsonl")
     v.set_defaults(func=_audit_verify)
+
+    from bot.control_cli import register as register_control
+
+    register_control(sub)
     return p
 
 

@@ -26,6 +26,7 @@ import httpx
 from bot.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
 from bot.clock_settings import ClockSettings
 from bot.lifecycle import FINAL, Status, StepStatus
+from bot.roles import RoleLookupFailed
 from bot.runbook import ApprovalStep, ManualStep
 from bot.scheduler import JobScheduler
 from bot.stability import SeriesPlan, StabilitySettings, check_once, consecutive_failures, summary
@@ -68,6 +69,10 @@ class ClockRuntime:
     kick: Kick
     mention: Mention = _no_mentions
     http: httpx.AsyncClient | None = None
+    #: The holders of a role (user groups resolved), to mention people one by one.
+    holders: Callable[[str], Awaitable[list[str]]] | None = None
+    #: When this process's clock started: a check due before it fell while the bot was down.
+    started_at: dt.datetime | None = None
     _phase7_opened: set[str] = field(default_factory=set)
     _series_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
 
@@ -110,6 +115,7 @@ class ClockRuntime:
     async def start(self) -> None:
         """Install as the process's runtime, start the scheduler, reconcile every active incident."""
         install(self)
+        self.started_at = self.now()
         await self.jobs.start()
         for inc in await self.store.incidents():
             if inc.status not in FINAL or inc.status is Status.COMPLETED:
@@ -176,6 +182,20 @@ class ClockRuntime:
         latest = latest if latest is not None else await self.store.latest_runs(inc.id)
         gates = [s.id for _, s in self.engine.runbook.steps() if isinstance(s, ApprovalStep)]
         return bool(gates) and all(g in latest and latest[g].status is StepStatus.DONE for g in gates)
+
+    async def mention_except(self, roles: list[str], *, exclude: str | None) -> str:
+        """Mentions of the holders of ``roles``, never of ``exclude`` (the requester, who does
+        not approve their own rollback): people one by one when the groups resolve."""
+        if self.holders is not None:
+            try:
+                people: list[str] = []
+                for role in roles:
+                    people += await self.holders(role)
+                return " ".join(f"<@{u}>" for u in dict.fromkeys(people) if u != exclude)
+            except RoleLookupFailed as exc:
+                log.warning("escalation: %s; mentioning the groups", exc)
+        text = self.mention(roles)
+        return " ".join(w for w in text.split() if exclude is None or w != f"<@{exclude}>")
 
     async def missing(self, inc: Incident) -> str:
         """The approvals still needed, in words."""
@@ -385,7 +405,8 @@ async def approval_escalation(incident_id: str, level: int) -> None:
         return  # a coalesced second run of the same level
     roles = rt.settings.escalation[level - 1] if level <= len(rt.settings.escalation) else []
     await rt.store.log(incident_id, "approval_escalated", actor=BOT_ACTOR, now=rt.now(), data={
-        "level": level, "roles": roles, "mention": rt.mention(roles), "missing": await rt.missing(inc)})
+        "level": level, "roles": roles, "mention": await rt.mention_except(roles, exclude=inc.requester),
+        "missing": await rt.missing(inc)})
     await rt.changed(incident_id)  # reconcile schedules the next level
 
 
@@ -457,9 +478,11 @@ async def _series_tick(rt: ClockRuntime, incident_id: str, run_id: int) -> None:
         if due > now:
             rt.jobs.schedule(incident_id, "stability", stability_tick, due, incident_id=incident_id, run_id=run_id)
             return
-        if (now - due).total_seconds() >= plan.interval:
+        down = rt.started_at is not None and due < rt.started_at
+        if down or (now - due).total_seconds() >= plan.interval:
+            why = "the bot was down when it fell due" if down else "the bot was stalled past the next slot"
             check = StabilityCheck(0, incident_id, run_id, run.step_id, nxt, due, now, "missed", None, None, None,
-                                   "not run: the bot was down (or stalled) when it fell due")
+                                   f"not run: {why}")
             await store.add_stability_check(check)
             continue
         result = await check_once(plan, rt.http)

@@ -6,6 +6,7 @@ from bot.clock_view import CLOCK_CANCEL, CLOCK_DONE
 from bot.engine import AnswerRefused
 from bot.incidents import Refused, ephemeral
 from bot.services import Services
+from bot.templating import slack_escape
 
 
 async def clock_click(*, services: Services, user_id: str, channel_id: str, thread_ts: str | None,
@@ -23,7 +24,7 @@ async def clock_click(*, services: Services, user_id: str, channel_id: str, thre
         try:
             inc = await clock.cancel_scheduled(value, user=user_id)
         except (ValueError, KeyError, AnswerRefused) as exc:
-            raise Refused(f"Not cancelled: {exc}") from None
+            raise Refused(f"Not cancelled: {slack_escape(str(exc))}") from None
         await ephemeral(services, channel=channel_id, user=user_id, thread_ts=thread_ts,
                         text=f"{inc.id} is cancelled: it will not run in the maintenance window.")
         return

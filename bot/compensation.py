@@ -126,7 +126,7 @@ def _undo_line(target: StepBase, undoers: Sequence[StepBase], latest: Mapping[st
               and r.status is StepStatus.DONE]
     failed = [(s, r) for s, r in acts if r is not None and r.status is StepStatus.FAILED]
     skipped = [(s, r) for s, r in acts if r is not None and r.status is StepStatus.SKIPPED
-               and not (r.error or "").startswith("condition not met")]
+               and not r.captures.get("condition")]  # a skip by its condition is no one's choice
     if failed or skipped:
         why = "; ".join([f"{s.title} failed: {r.error or 'no error text'}" for s, r in failed]
                         + [f"{s.title} skipped{_who(r)}" for s, r in skipped])

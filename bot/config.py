@@ -47,6 +47,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A local account name (``useradd``'s rules, loosely).
+_ACCOUNT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
 #: A user-group handle as Slack allows it (``@db-leads``; the ``@`` is optional in the config).
 _HANDLE = re.compile(r"^@?[a-z0-9][a-z0-9._-]{0,79}$")
 
@@ -138,6 +141,10 @@ class BotConfig(_Model):
                                    description="audit log, evidence archive, governance record, report")
     redact: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
                               description="regexes of secrets hidden in command output before it is stored or posted")
+    operators: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="the control plane (rollback-bot incident ...): local account -> the Slack user ids it may "
+                    "act as (the first unless --as names another); an account not listed may only read")
 
     @field_validator("redact")
     @classmethod
@@ -148,6 +155,24 @@ class BotConfig(_Model):
             except re.error as exc:
                 raise ValueError(f"redact: {pattern!r} is not a valid regex: {exc}") from None
         return value
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _operator_ids(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for account, ids in value.items():
+            ids = [ids] if isinstance(ids, str) else ids
+            if not isinstance(account, str) or not _ACCOUNT.match(account):
+                raise ValueError(f"operators: {account!r} is not a local account name")
+            if not isinstance(ids, list) or not ids:
+                raise ValueError(f"operators.{account}: a Slack user id (U…) or a list of them")
+            for uid in ids:
+                if not (isinstance(uid, str) and uid[:1] in ("U", "W") and uid[1:].isalnum() and uid.isupper()):
+                    raise ValueError(f"operators.{account}: {uid!r} is not a Slack user id (U…/W…)")
+            out[account] = ids
+        return out
 
     @model_validator(mode="after")
     def _cross_checks(self) -> BotConfig:

@@ -37,6 +37,7 @@ from bot import compensation, timed_steps
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.people import Names
 from bot.record_steps import RECORD_STEPS, RecordContext, release_options
 from bot.record_steps import perform as perform_record
 from bot.records import Records, RecordsConfig
@@ -151,6 +152,7 @@ class Engine:
         clock_host: timed_steps.ClockHost | None = None,
         records: Records | None = None,
         redact: Callable[[str], str] | None = None,
+        names: Names | None = None,
     ) -> None:
         self.store = store
         self.runbook = runbook
@@ -173,6 +175,8 @@ class Engine:
         self.clock_host = clock_host
         #: Hides secrets in what the target prints before it is stored, posted or uploaded.
         self.redact = redact or Redactor(values=env_secrets())
+        #: Resolves Slack user ids to names for the record (the report shows people by name).
+        self.names = names
 
     # ------------------------------------------------------------ public API
 
@@ -222,10 +226,12 @@ class Engine:
                                list(w.get("options", [])), w.get("error"))
         return None
 
-    async def answer(self, incident_id: str, step_id: str, value: str, *, user: str) -> None:
+    async def answer(self, incident_id: str, step_id: str, value: str, *, user: str,
+                     roles: list[str] | None = None) -> None:
         """Give a person's answer to what a step waits for; ``AnswerRefused`` if it does not fit.
 
-        The first answer wins: a second click on an answered question is refused.
+        The first answer wins: a second click on an answered question is refused. ``roles``
+        (the roles the person acted in) is kept with the answer for the record.
         """
         async with self._locks.setdefault(incident_id, asyncio.Lock()):
             inc = await self.store.incident(incident_id)
@@ -249,8 +255,10 @@ class Engine:
                 await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
                                      data={"value": value[:200]})
                 raise AnswerRefused(f"{value[:80]!r} was not offered for step {step_id!r}")
-            await self.store.end_step(run.id, run.status, actor=user,
-                                      answer={"value": value, "user": user})
+            answer: dict[str, Any] = {"value": value, "user": user}
+            if roles is not None:
+                answer["roles"] = list(roles)
+            await self.store.end_step(run.id, run.status, actor=user, answer=answer)
         await self._changed(incident_id)
 
     async def approve(
@@ -273,7 +281,8 @@ class Engine:
         await self._changed(incident_id)
         return ok, why
 
-    async def request_abort(self, incident_id: str, *, user: str, reason: str) -> Incident:
+    async def request_abort(self, incident_id: str, *, user: str, reason: str,
+                            roles: list[str] | None = None) -> Incident:
         """Stop after the running step; an incident waiting for a person stops now.
 
         When the run got past its gates and the runbook declares a compensation, the
@@ -285,7 +294,10 @@ class Engine:
         if inc.status is Status.COMPENSATING:
             raise AnswerRefused(f"incident {incident_id} is already being aborted: its compensation is running")
         await self.store.update_incident(incident_id, abort_reason=reason)
-        await self.store.log(incident_id, "abort_requested", actor=user, data={"reason": reason})
+        data: dict[str, Any] = {"reason": reason}
+        if roles is not None:
+            data["roles"] = list(roles)
+        await self.store.log(incident_id, "abort_requested", actor=user, data=data)
         lock = self._locks.setdefault(incident_id, asyncio.Lock())
         if not lock.locked():
             async with lock:
@@ -501,7 +513,8 @@ class Engine:
                 value = None
             if not cond.holds(value):
                 run = await self.store.begin_step(inc.id, step.id, phase.id)
-                await self.store.end_step(run.id, StepStatus.SKIPPED, error=f"condition not met: {step.when}")
+                await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": cond.words(value),
+                                                                                "condition": step.when})
                 return "next"
         return await self._execute(inc, phase, step, ctx)
 
@@ -526,9 +539,13 @@ class Engine:
             captures["label"] = label
             await self.store.end_step(run.id, StepStatus.DONE, actor=user, captures=captures)
             return "next"
-        if value in ("skip", "mark_done"):
-            status = StepStatus.SKIPPED if value == "skip" else StepStatus.DONE
-            await self.store.end_step(run.id, status, actor=user, error=f"{value} by {user}")
+        if value == "skip":
+            await self.store.end_step(run.id, StepStatus.SKIPPED, actor=user, error=None, captures={
+                **run.captures, "skip_reason": f"skipped by {user} after it failed ({run.error or 'no error'})"})
+            return "next"
+        if value == "mark_done":
+            await self.store.end_step(run.id, StepStatus.DONE, actor=user, error=None, captures={
+                **run.captures, "note": f"marked done by {user} after the bot restarted while it ran"})
             return "next"
         # retry / rerun: a new attempt (a retry on a host group re-runs only its failed hosts)
         return await self._execute(inc, phase, step, await self.context(inc.id),
@@ -598,6 +615,10 @@ class Engine:
         except (ActionError, TemplateError) as exc:
             return await self._failed(inc, step, run, exc)
         tail = output[-TAIL_CHARS:]
+        if result.get("skipped"):  # the step found nothing to do (a notify without its webhook)
+            await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": str(result["skipped"])},
+                                      output_tail=tail, duration=time.monotonic() - started)
+            return "next"
         await self.store.end_step(
             run.id, StepStatus.DONE, captures=captures, output_tail=tail,
             output_digest=_digest(output), output_bytes=len(output.encode()),
@@ -769,7 +790,7 @@ class Engine:
     def _record_context(self, inc: Incident, step: StepBase) -> RecordContext:
         target = self._target(inc, step)
         return RecordContext(self.store, self.runbook, target.settings, target.transport, self.records,
-                             self.audit, self.time_scale, self.http, self._changed)
+                             self.audit, self.time_scale, self.http, self._changed, self.names)
 
     def _captures(self, step: StepBase, result: dict[str, Any], output: str) -> dict[str, Any]:
         captures: dict[str, Any] = {k: result[k] for k in getattr(step, "produces", ()) if k in result}

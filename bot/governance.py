@@ -48,12 +48,45 @@ def _minutes(seconds: float | None) -> float | None:
     return round(seconds / 60, 2) if seconds is not None else None
 
 
-def incident_commander(f: Facts) -> str:
-    """The incident commander: an approver holding that role, else the requester."""
-    for a in f.approvals:
-        if a.counted and a.decision == "approve" and "incident_commander" in a.roles:
-            return a.user_id
-    return f.incident.requester or "unknown"
+def incident_commander(f: Facts) -> str | None:
+    """The person who acted as incident commander: the first counted approval, answer, abort or
+    P4 override made in that role (from the journal); None when nobody did."""
+    override = (f.incident.inputs or {}).get("override") or {}
+    if override.get("by"):
+        return str(override["by"])
+    for ev in f.events:
+        d = ev.data or {}
+        if ev.kind.startswith("approval_"):
+            roles = d.get("roles") or [] if d.get("counted") else []
+        elif ev.kind == "abort_requested":
+            roles = d.get("roles") or []
+        elif isinstance(d.get("answer"), dict):
+            roles = d["answer"].get("roles") or []
+        else:
+            continue
+        if "incident_commander" in roles and ev.actor:
+            return ev.actor
+    return None
+
+
+def app_rollback(f: Facts) -> dict[str, Any]:
+    """How the application was rolled back, as it really ran: github, command or none."""
+    gh = f.latest.get("github_deploy")
+    cmd = f.latest.get("app_version_rollback")
+    for method, run in (("github", gh), ("command", cmd)):
+        if run is None or run.status.value == "skipped":
+            continue
+        out: dict[str, Any] = {"method": method, "status": run.status.value,
+                               "duration_seconds": round(run.duration, 3) if run.duration is not None else None}
+        if method == "github":
+            out.update(workflow_run=run.captures.get("html_url"), conclusion=run.captures.get("conclusion"),
+                       ref=run.captures.get("ref"))
+        else:
+            out.update(exit_status=run.exit_status)
+        if run.error:
+            out["error"] = run.error
+        return out
+    return {"method": "none", "status": "not run"}
 
 
 def rollback_team(f: Facts) -> list[str]:
@@ -109,6 +142,7 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
     used, period = backup_used(f)
     integrity = bool(f.capture("verify_restored", "ok")) and f.capture("foreign_key_check_after", "ok") is not False
     app_run = next((f.done(s) for s in APP_ROLLBACK_STEPS if f.done(s)), None)
+    app = app_rollback(f)
     health_ok = f.capture("health_after_app_rollback", "status") == 200
     smoke = f.latest.get("smoke_test")
     smoke_ok = smoke is None or smoke.status.value in ("done", "skipped")
@@ -149,6 +183,7 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
                 "from_version": versions.from_version,
                 "to_version": versions.to_version,
                 "rollback_duration_minutes": _minutes(app_run.duration) if app_run else None,
+                "method": app["method"],
                 "workflow_run": f.capture("github_deploy", "html_url"),
                 "verification_status": "success" if health_ok and smoke_ok else "issues",
             },
@@ -160,10 +195,11 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
                 "service_restoration": "complete" if final_ok else "incomplete",
             },
             "total_rollback_minutes": _minutes(rollback_seconds(f)),
+            "recovery_time_seconds": round(secs, 1) if (secs := rollback_seconds(f)) is not None else None,
         },
         "runtime_context": {
             "phase": cfg.phase,
-            "environment": cfg.environment,
+            "environment": (inc.inputs or {}).get("environment") or cfg.environment,
             "incident_commander": incident_commander(f),
             "rollback_team": rollback_team(f),
             "memoryplugin_anchor": anchor,

@@ -24,6 +24,7 @@ from bot.services import Services
 from bot.slack_forms import TRIGGERS, parse_reject, parse_start, reject_modal, start_modal
 from bot.slack_view import parse_answer_value
 from bot.store import Incident, TargetBusy
+from bot.templating import slack_escape
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ async def _incident(services: Services, incident_id: str) -> Incident:
     try:
         return await services.store.incident(incident_id)
     except KeyError:
-        raise Refused(f"There is no incident {incident_id[:40]}.") from None
+        raise Refused(f"There is no incident {slack_escape(incident_id[:40])}.") from None
 
 
 # ---------------------------------------------------------------- running a flow
@@ -97,7 +98,7 @@ async def command(*, services: Services, user_id: str, channel_id: str, channel_
     sub = words[0].lower() if words else "help"
     rest = words[1] if len(words) > 1 else ""
     if sub == "help" or sub not in ("start", "status", "abort"):
-        prefix = "" if sub == "help" else f"Unknown subcommand `{sub[:30]}`.\n"
+        prefix = "" if sub == "help" else f"Unknown subcommand `{slack_escape(sub[:30])}`.\n"
         await ephemeral(services, channel=channel_id, user=user_id, text=prefix + HELP)
         return
     if not _in_channel(services, channel_id, channel_name):
@@ -143,13 +144,13 @@ async def _status(services: Services, *, user_id: str, channel_id: str, rest: st
         line = f"*{inc.id}* `{inc.target}` {inc.severity or ''} {inc.decision or ''} — *{inc.status.value}*"
         w = await services.engine.waiting_for(inc.id)
         if w is not None:
-            line += f", waiting for {w.kind}: {w.prompt}"
+            line += f", waiting for {w.kind}: {slack_escape(w.prompt)}"
         latest = await services.store.latest_runs(inc.id)
         running = [r.step_id for r in latest.values() if r.status is StepStatus.RUNNING]
         if running:
             line += f", running {', '.join(running)}"
         if inc.abort_reason:
-            line += f" (abort requested: {inc.abort_reason})"
+            line += f" (abort requested: {slack_escape(inc.abort_reason)})"
         lines.append(line)
     await ephemeral(services, channel=channel_id, user=user_id, text="\n".join(lines))
 
@@ -166,10 +167,11 @@ async def _abort(services: Services, *, user_id: str, channel_id: str, rest: str
         inc, reason = active[0], rest.strip()
     if not reason.strip():
         raise Refused("An abort needs a reason: `/rollback abort [id] reason`.")
-    if not await services.may_act(user_id):
+    roles = await services.may_act(user_id)
+    if not roles:
         raise Refused("Only approvers and incident commanders may abort a rollback.")
     try:
-        await services.engine.request_abort(inc.id, user=user_id, reason=reason.strip()[:500])
+        await services.engine.request_abort(inc.id, user=user_id, reason=reason.strip()[:500], roles=roles)
     except AnswerRefused as exc:
         raise Refused(str(exc)) from None
     services.run_incident(inc.id)
@@ -230,6 +232,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
     if matrix.decision is Decision.NO_ROLLBACK and not req.override:
         await services.store.apply(inc.id, Event.CLOSE, actor=user_id,
                                    data={"reason": "P4: no rollback needed", "explanation": matrix.explain()})
+        await services.engine.audit.flush()  # the close is on record at once, not at the next change
         services.publisher.request(inc.id)
         return
     if services.clock is not None:
@@ -301,7 +304,8 @@ async def answer_click(*, services: Services, user_id: str, channel_id: str, thr
     inc = await _incident(services, incident_id)
     if inc.status in FINAL:
         raise Refused(f"{inc.id} is already {inc.status.value}; nothing is asked any more.")
-    if not await services.may_act(user_id):
+    roles = await services.may_act(user_id)
+    if not roles:
         raise Refused("Only approvers and incident commanders may answer the rollback's questions.")
     runs = await services.store.step_runs(incident_id)
     run = next((r for r in runs if r.id == run_id), None)
@@ -316,7 +320,7 @@ async def answer_click(*, services: Services, user_id: str, channel_id: str, thr
     if not 0 <= index < len(options):
         raise Refused("That option was not offered.")
     try:
-        await services.engine.answer(incident_id, run.step_id, options[index]["value"], user=user_id)
+        await services.engine.answer(incident_id, run.step_id, options[index]["value"], user=user_id, roles=roles)
     except AnswerRefused as exc:
         raise Refused(str(exc)) from None
     services.run_incident(incident_id)
@@ -343,8 +347,10 @@ def _where(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
 async def report_error(*, services: Services | None, error: BaseException, body: dict[str, Any]) -> str | None:
     """Known errors become a clear ephemeral message; unknown ones are logged with an id (returned)."""
     ref: str | None = None
-    if isinstance(error, Refused | TargetBusy | AnswerRefused):
-        text = str(error)
+    if isinstance(error, Refused):
+        text = str(error)  # built here, typed parts escaped where they were put in
+    elif isinstance(error, TargetBusy | AnswerRefused):
+        text = slack_escape(str(error))  # may quote a value from the request
     elif isinstance(error, RoleLookupFailed):
         text = f"Your roles could not be checked right now ({error}); nothing was recorded. Try again shortly."
     else:

@@ -17,7 +17,7 @@ from typing import Any
 from bot.lifecycle import StepStatus
 from bot.records import MetricTargets
 from bot.runbook import HttpStep, Runbook
-from bot.store import Approval, Incident, JournalEvent, StepRun, Store, utcnow
+from bot.store import Approval, Incident, JournalEvent, StabilityCheck, StepRun, Store, utcnow
 
 STRATEGY_METHODS = {"A": "selective_rollback", "B": "transaction_rollback", "C": "full_database_restore"}
 STRATEGY_WORDS = {"A": "Selective rollback", "B": "Transaction rollback", "C": "Full database restore"}
@@ -33,6 +33,8 @@ class Facts:
     approvals: list[Approval]
     events: list[JournalEvent]
     now: dt.datetime = field(default_factory=utcnow)
+    #: The stability checks of every series, ran or missed.
+    checks: list[StabilityCheck] = field(default_factory=list)
 
     @property
     def latest(self) -> dict[str, StepRun]:
@@ -56,7 +58,8 @@ class Facts:
 async def gather(store: Store, runbook: Runbook, incident_id: str) -> Facts:
     """Load an incident's facts from the store."""
     return Facts(await store.incident(incident_id), runbook, await store.step_runs(incident_id),
-                 await store.approvals(incident_id), await store.events(incident_id))
+                 await store.approvals(incident_id), await store.events(incident_id),
+                 checks=await store.stability_checks(incident_id))
 
 
 # ---------------------------------------------------------------- single figures
@@ -68,21 +71,21 @@ def strategy(f: Facts) -> str | None:
     return str(value) if value else None
 
 
+#: The step whose end is "service restored": maintenance mode off, the app serving users again.
+RESTORED_STEP = "maintenance_off"
+
+
 def rollback_window(f: Facts) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """(start, end) of the rollback: from its authorization (the approval's end, else the
-    run's start) to service restored (maintenance mode off, else the last step that ended)."""
-    appr = f.done("approval")
-    start = (appr.ended_at if appr else None) or f.incident.started_at or f.incident.created_at
-    end_run = f.done("maintenance_off")
-    end = end_run.ended_at if end_run else None
-    if end is None:
-        ended = [r.ended_at for r in f.runs if r.ended_at is not None]
-        end = max(ended) if ended else None
-    return start, end
+    """(start, end) of the recovery, the one definition every figure uses: from the start of
+    the run (the incident's start) to service restored (maintenance mode off); end None
+    while the service is not restored."""
+    start = f.incident.started_at or f.incident.created_at
+    end_run = f.done(RESTORED_STEP)
+    return start, end_run.ended_at if end_run else None
 
 
 def rollback_seconds(f: Facts) -> float | None:
-    """Seconds from authorization to service restored."""
+    """The recovery time: seconds from the start of the run to service restored."""
     start, end = rollback_window(f)
     return (end - start).total_seconds() if start and end else None
 
@@ -265,7 +268,7 @@ def success_metrics(f: Facts, targets: MetricTargets) -> list[Metric]:
     rows = []
     secs = rollback_seconds(f)
     rows.append(Metric("Rollback Duration", f"<{targets.rollback_duration_hours:g} hours",
-                       "not measured" if secs is None else f"{secs / 3600:.2f} hours ({secs:.0f} s)",
+                       "service not restored" if secs is None else f"{secs / 3600:.2f} hours ({secs:.1f} s)",
                        None if secs is None else secs < targets.rollback_duration_hours * 3600))
     loss = data_loss_detail(f)
     lost = loss.total("lost") if loss is not None else None

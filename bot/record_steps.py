@@ -31,6 +31,7 @@ from bot.evidence import TRACK_STEP, EvidenceArchive
 from bot.governance import Versions, build_record, db_row
 from bot.lifecycle import StepStatus
 from bot.metrics import gather, health_checks, success_metrics
+from bot.people import Names
 from bot.records import Records
 from bot.report import render_report
 from bot.runbook import (
@@ -44,7 +45,7 @@ from bot.runbook import (
 )
 from bot.store import Incident, Store
 from bot.targets import TargetSettings
-from bot.templating import render_text, render_value
+from bot.templating import render_slack, render_text, render_value
 
 RECORD_STEPS = (GithubWorkflowStep, GovernanceStep, EvidenceStep, ReportStep, NotifyStep)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -67,6 +68,7 @@ class RecordContext:
     time_scale: float
     http: httpx.AsyncClient | None
     changed: Callable[[str], Awaitable[None]]
+    names: Names | None = None
 
 
 async def perform(rc: RecordContext, inc: Incident, step: StepBase, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -317,10 +319,12 @@ async def perform_report(rc: RecordContext, inc: Incident) -> tuple[dict[str, An
     metrics = success_metrics(f, rc.records.config.targets)
     gov = await governance_entry(rc, inc.id)
     folder = rc.records.archive_dir(inc.stamp)
+    people = [inc.requester, *(a.user_id for a in f.approvals), *(e.actor for e in f.events)]
+    names = await rc.names(p for p in people if p) if rc.names is not None else {}
     parts = render_report(f, rc.records.config, metrics=metrics, anchor=rc.records.anchor(inc.stamp),
                           archive=str(folder),
                           governance={"row_id": gov.get("row_id"), "chain_seq": gov.get("seq")} if gov else None,
-                          audit_head=await rc.records.log.head())
+                          audit_head=await rc.records.log.head(), names=names)
     try:
         arch, sha = await _archive(rc, inc, report=parts.markdown)
     except (OSError, ValueError) as exc:
@@ -336,9 +340,9 @@ async def perform_report(rc: RecordContext, inc: Incident) -> tuple[dict[str, An
 async def perform_notify(rc: RecordContext, step: NotifyStep, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """POST ``{"text": …}`` to the stakeholder webhook, when one is configured."""
     url = os.environ.get(step.url_env, "")
-    text = render_text(step.text, ctx)
+    text = render_slack(step.text, ctx)  # a typed <!channel> or disguised link is shown, not acted on
     if not url:
-        return {"sent": False, "reason": f"{step.url_env} is not set"}, text
+        return {"sent": False, "skipped": f"no stakeholder webhook: {step.url_env} is not set"}, text
     resp = await http_request("POST", url, json_body={"text": text}, timeout=step.timeout, client=rc.http)
     if not 200 <= resp.status < 300:
         raise HttpCheckFailed(f"stakeholder webhook answered {resp.status}", status=resp.status,

@@ -9,9 +9,10 @@ target prints whatever it has).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MASK = "[REDACTED]"
 
@@ -28,8 +29,12 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     r"[\"']?[^\s\"',;]+",
 )
 
-#: Environment variables whose values are the bot's own secrets.
-SECRET_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "GITHUB_TOKEN")
+#: Environment variables whose values are the bot's own secrets (a webhook URL is a credential).
+SECRET_ENV = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "GITHUB_TOKEN",
+              "ROLLBACK_STAKEHOLDER_WEBHOOK")
+
+#: The credentials of a URL (``https://user:password@host``), hidden whatever the patterns say.
+URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
 
 
 class Redactor:
@@ -49,7 +54,7 @@ class Redactor:
             text = text.replace(value, MASK)
         for pattern in self.patterns:
             text = pattern.sub(_mask, text)
-        return text
+        return URL_USERINFO.sub(MASK + "@", text)
 
 
 def _mask(m: re.Match[str]) -> str:
@@ -60,3 +65,25 @@ def _mask(m: re.Match[str]) -> str:
 def env_secrets(names: Iterable[str] = SECRET_ENV) -> list[str]:
     """The values of the named environment variables that are set."""
     return [v for v in (os.environ.get(n, "") for n in names) if v]
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that hides secrets in the whole line, traceback included."""
+
+    def __init__(self, inner: logging.Formatter | None, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The inner formatter's line with every secret replaced."""
+        return self.redact(self.inner.format(record))
+
+
+def redact_logs(redact: Callable[[str], str]) -> None:
+    """Hide secrets in every line the process logs; httpx's request lines (full URLs) only at WARNING."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter, redact))

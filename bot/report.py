@@ -9,10 +9,11 @@ checklist.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.governance import backup_used, incident_commander, rollback_team
+from bot.governance import app_rollback, backup_used, incident_commander, rollback_team
 from bot.metrics import (
     STRATEGY_WORDS,
     Facts,
@@ -23,11 +24,14 @@ from bot.metrics import (
     health_checks,
     metrics_table,
     overall,
+    rollback_seconds,
     rollback_window,
     strategy,
 )
+from bot.people import who
 from bot.records import RecordsConfig
 from bot.store import JournalEvent
+from bot.viewmodel import SYMBOLS, build, in_plan_order
 
 #: The plan's Phase 7, as a checklist (root cause within 7 days).
 PHASE7 = {
@@ -59,7 +63,7 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def describe(ev: JournalEvent, titles: dict[str, str]) -> str:
+def describe(ev: JournalEvent, titles: dict[str, str], names: Mapping[str, str] | None = None) -> str:
     """One journal event in words."""
     d = ev.data or {}
     title = titles.get(ev.step_id or "", ev.step_id or "")
@@ -67,6 +71,10 @@ def describe(ev: JournalEvent, titles: dict[str, str]) -> str:
     if kind.startswith("step_"):
         state = kind.removeprefix("step_")
         parts = [f"step {state}: {title}"]
+        caps = d.get("captures")
+        if state == "skipped":  # a reason in words, never an error
+            reason = caps.get("skip_reason") if isinstance(caps, dict) else None
+            return " · ".join([*parts, str(reason or d.get("error") or "skipped")[:200]])
         if d.get("attempt", 1) and int(d.get("attempt", 1)) > 1:
             parts.append(f"attempt {d['attempt']}")
         if isinstance(d.get("answer"), dict):
@@ -77,12 +85,15 @@ def describe(ev: JournalEvent, titles: dict[str, str]) -> str:
             parts.append(f"{float(d['duration']):.2f} s")
         if d.get("error"):
             parts.append(f"error: {str(d['error'])[:160]}")
-        caps = d.get("captures")
         if isinstance(caps, dict):
             for k in ("status", "latency_ms", "ok", "choice", "conclusion", "html_url", "path"):
                 if k in caps:
                     parts.append(f"{k} {str(caps[k])[:80]}")
         return " · ".join(parts)
+    if kind in ("control_request", "control_refused"):
+        what = " ".join(str(d[k]) for k in ("action", "step", "value") if d.get(k))
+        tail = f" — refused: {d.get('why')}" if kind == "control_refused" else ""
+        return f"from the command line ({d.get('mode')}) by {d.get('operator')}: {what}{tail}"
     if kind.startswith("approval_"):
         counted = "counted" if d.get("counted") else f"not counted ({d.get('note', '')})"
         return f"{kind.removeprefix('approval_')} click, roles {', '.join(d.get('roles', [])) or 'none'}, {counted}"
@@ -104,10 +115,15 @@ class ReportParts:
 
 def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor: str,
                   archive: str, governance: dict[str, Any] | None = None,
-                  audit_head: tuple[int, str] | None = None) -> ReportParts:
-    """The report as Markdown."""
+                  audit_head: tuple[int, str] | None = None, names: Mapping[str, str] | None = None) -> ReportParts:
+    """The report as Markdown; people by name (``names``: Slack id -> name), ids kept."""
     inc = f.incident
     inputs = inc.inputs or {}
+    names = names or {}
+
+    def person(uid: str | None) -> str:
+        return who(uid, names)
+
     titles = {s.id: s.title for _, s in f.runbook.steps()}
     completed = not any(r.status.value == "failed" and r.waiting is None and
                         f.runbook.step(r.step_id).on_failure == "stop" for r in f.runs if r.step_id in titles)
@@ -117,11 +133,15 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
     out += [
         f"- **Overall rollback status:** {status_word}",
         f"- **Severity / decision:** {inc.severity or '—'} / {inc.decision or '—'}",
-        f"- **Requested by:** {inc.requester or '—'} at {stamp(inc.created_at)}",
-        f"- **Incident commander:** {incident_commander(f)}",
-        f"- **Rollback team:** {', '.join(rollback_team(f)) or '—'}",
+        f"- **Environment:** {inputs.get('environment') or cfg.environment}",
+        f"- **Requested by:** {person(inc.requester)} at {stamp(inc.created_at)}",
+        "- **Incident commander:** "
+        + (person(commander) if (commander := incident_commander(f)) else "— (nobody acted as incident commander)"),
+        f"- **Rollback team:** {', '.join(person(p) for p in rollback_team(f)) or '—'}",
         f"- **Rollback reason:** {_cell(inc.reason) or '—'}",
-        f"- **Rollback window:** {stamp(start)} → {stamp(end)}",
+        "- **Recovery time (start of the run to service restored):** "
+        + (f"{secs:.1f} s" if (secs := rollback_seconds(f)) is not None else "service not restored"),
+        f"- **Rollback window:** {stamp(start)} → {stamp(end) if end else 'not restored'}",
         f"- **MemoryPlugin anchor:** `{anchor}`",
         f"- **Evidence archive:** `{archive}`",
     ]
@@ -140,11 +160,12 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
         f"- **Description:** {_cell(inputs.get('description', '')) or '—'}",
     ]
     if inputs.get("override"):
-        out.append(f"- **P4 override** by {inputs['override'].get('by')}: {_cell(inputs['override'].get('reason'))}")
+        out.append(f"- **P4 override** by {person(inputs['override'].get('by'))}: "
+                   f"{_cell(inputs['override'].get('reason'))}")
     out += ["", "## Approvals", "", "| Time | User | Roles | Decision | Counted | Note |",
             "|------|------|-------|----------|---------|------|"]
     for a in f.approvals:
-        out.append(f"| {stamp(a.at)} | {a.user_id} | {', '.join(a.roles) or '—'} | {a.decision} | "
+        out.append(f"| {stamp(a.at)} | {_cell(person(a.user_id))} | {', '.join(a.roles) or '—'} | {a.decision} | "
                    f"{'yes' if a.counted else 'no'} | {_cell(a.note)} |")
     if not f.approvals:
         out.append("| — | — | — | — | — | no approval clicks |")
@@ -174,11 +195,21 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
                 "|-------|------------------------|------------------------|----------------|"]
         out += [f"| {t} | {v.undone} | {v.lost} | {v.kept} |" for t, v in loss.tables.items()
                 if v.undone or v.lost or v.kept]
-    out += ["", "## Application rollback", "",
-            f"- **Workflow run:** {f.capture('github_deploy', 'html_url') or '—'} "
-            f"({f.capture('github_deploy', 'conclusion') or 'not run'})",
-            f"- **Release:** {f.capture('release_tag', 'choice') or '—'}",
-            f"- **Health after the rollback:** {f.capture('health_after_app_rollback', 'status') or '—'}"]
+    app = app_rollback(f)
+    out += ["", "## Application rollback", ""]
+    if app["method"] == "github":
+        out += [f"- **Method:** GitHub Actions workflow ({app['status']})",
+                f"- **Workflow run:** {app.get('workflow_run') or '—'} ({app.get('conclusion') or 'no conclusion'})",
+                f"- **Release:** {f.capture('release_tag', 'choice') or '—'}"]
+    elif app["method"] == "command":
+        dur = f", {app['duration_seconds']:.1f} s" if app.get("duration_seconds") is not None else ""
+        out += [f"- **Method:** command on the target ({app['status']}, exit status "
+                f"{app.get('exit_status')}{dur})"]
+    else:
+        out.append("- **Method:** none (no application rollback step ran)")
+    if app.get("error"):
+        out.append(f"- **Error:** {_cell(app['error'])}")
+    out.append(f"- **Health after the rollback:** {f.capture('health_after_app_rollback', 'status') or '—'}")
     out += ["", "## Success metrics", "", metrics_table(metrics), "", f"**Overall Rollback Status:** {status_word}"]
     checks = health_checks(f)
     out += ["", "## Health checks", "", "| Time | Check | Status | Latency (ms) | OK |",
@@ -187,9 +218,35 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
         out.append(f"| {stamp(c.at)} | {c.step_id} | {c.status} | {c.latency_ms} | {'yes' if c.ok else 'no'} |")
     if not checks:
         out.append("| — | — | — | — | no health checks ran |")
-    out += ["", "## Timeline", "", "| # | Time (UTC) | Who | Event |", "|---|------------|-----|-------|"]
+    if f.checks:
+        out += ["", "## Stability checks", "", "Each check at the time it really ran; a slot that passed while "
+                "the bot was down is recorded as missed.", "",
+                "| Series | # | Slot (UTC) | Ran at (UTC) | Outcome | Status | Latency (ms) |",
+                "|--------|---|------------|--------------|---------|--------|--------------|"]
+        for sc in f.checks:
+            ran = "— (not run)" if sc.outcome == "missed" else stamp(sc.at)
+            lat = f"{sc.latency_ms:.0f}" if sc.latency_ms is not None else "—"
+            out.append(f"| {sc.step_id} | {sc.index + 1} | {stamp(sc.due_at)} | {ran} | {sc.outcome} | "
+                       f"{sc.status_code if sc.status_code is not None else '—'} | {lat} |")
+    out += ["", "## Phases", "", "In the written plan's order; a phase that runs elsewhere says when.", ""]
+    view = build(f.runbook, inc, f.latest)
+    for pv in in_plan_order(view.phases, f.runbook):
+        out.append(f"### {pv.title} — {pv.status}" + (f" ({pv.note})" if pv.note else ""))
+        for sv in pv.steps:
+            run = f.latest.get(sv.id)
+            line = f"- {SYMBOLS.get(sv.status, '?')} {_cell(sv.title)} — {sv.status}"
+            if sv.duration is not None and sv.status != "skipped":
+                line += f", {sv.duration:.1f} s"
+            if sv.status == "skipped" and run is not None:
+                line += f": {_cell(run.captures.get('skip_reason') or run.error or 'skipped')}"
+            elif sv.status in ("failed", "interrupted") and sv.error:
+                line += f": {_cell(sv.error[:200])}"
+            out.append(line)
+        out.append("")
+    out += ["## Timeline", "", "| # | Time (UTC) | Who | Event |", "|---|------------|-----|-------|"]
     for i, ev in enumerate(f.events, start=1):
-        out.append(f"| {i} | {stamp(ev.at)} | {ev.actor or 'bot'} | {_cell(describe(ev, titles))} |")
+        actor = _cell(person(ev.actor)) if ev.actor else "bot"
+        out.append(f"| {i} | {stamp(ev.at)} | {actor} | {_cell(describe(ev, titles, names))} |")
     due = (end or f.now) + dt.timedelta(days=7)
     out += ["", "## Phase 7: Post-Rollback Analysis & Prevention", "",
             f"Root cause analysis due by **{due.astimezone(dt.UTC):%Y-%m-%d}** (7 days after service restoration).", ""]

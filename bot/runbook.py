@@ -83,6 +83,24 @@ class Condition:
             raise ValueError(f"condition {text!r}: 'in' needs a list")
         return cls(ref, op, literal)
 
+    def words(self, value: Any) -> str:
+        """Why the condition did not hold, in words (the reason a step was skipped)."""
+        root, _, rest = self.ref.partition(".")
+        name = {"choices": f"the {rest} choice", "target": f"the target's {rest}",
+                "incident": f"the incident's {rest}"}.get(root, self.ref)
+
+        def show(v: Any) -> str:
+            return "empty" if v in ("", None) else repr(v)
+
+        now = "not chosen" if value is None and root == "choices" else f"it is {show(value)}"
+        if self.op == "!=" and self.literal in ("", None):
+            return f"runs only when {name} is set; {now}"
+        if self.op == "==":
+            return f"runs only when {name} is {show(self.literal)}; {now}"
+        if self.op == "in":
+            return f"runs only when {name} is one of {', '.join(show(v) for v in self.literal)}; {now}"
+        return f"not needed when {name} is {show(value)}"
+
     def holds(self, value: Any) -> bool:
         """Evaluate against the referenced value."""
         if self.op == "==":
@@ -453,6 +471,9 @@ class Phase(_Model):
     id: Annotated[str, Field(pattern=_ID, max_length=64)]
     title: str
     timeline: str = ""
+    #: A phase that runs later than the written plan puts it is shown where the plan has it:
+    #: before this phase (by id), with a note saying when it really runs.
+    shown_before: str | None = None
     steps: list[Step] = Field(min_length=1)
 
 
@@ -632,6 +653,11 @@ def _check_refs(rb: Runbook, where: dict[str, int]) -> list[tuple[int, str]]:
     captures: dict[str, set[str]] = {}
     choices: set[str] = set()
     seen: set[str] = set()
+    phase_ids = [p.id for p in rb.phases]
+    for phase in rb.phases:
+        if phase.shown_before is not None and phase.shown_before not in phase_ids:
+            problems.append((where.get(phase.steps[0].id, 0),
+                             f"phase {phase.id!r}: shown_before names no phase ({phase.shown_before!r})"))
     main = {s.id for _, s in rb.steps()}
     comp_ids = {s.id for s in rb.compensation.steps} if rb.compensation else set()
     for phase in rb.all_phases():
@@ -729,6 +755,17 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
             node = _node_at(root, ("compensation", name))
             where[key] = node.start_mark.line + 1 if node is not None else 0
     problems2 = _check_refs(rb, where)
+    from bot.runbook_safety import unquoted_user_values  # it reads this module's step models
+
+    def line_of(step_id: str, field: str) -> int:
+        for pi, phase in enumerate(rb.phases):
+            for si, step in enumerate(phase.steps):
+                if step.id == step_id:
+                    node = _node_at(root, ("phases", pi, "steps", si, field))
+                    return node.start_mark.line + 1 if node is not None else where.get(step_id, 0)
+        return where.get(step_id, 0)
+
+    problems2 += unquoted_user_values(rb, line_of)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
     return rb

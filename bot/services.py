@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -16,12 +18,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.approvals import ApprovalPolicy
 from bot.clock_flows import ClockRuntime, fan_out, mentions_for
 from bot.config import INCIDENT_COMMANDER, BotConfig
+from bot.control import ControlPoller, Executor
 from bot.engine import Engine, Target
 from bot.lifecycle import Status
+from bot.people import PeopleDirectory
 from bot.records import Records
-from bot.redaction import SECRET_ENV, Redactor, env_secrets
+from bot.redaction import SECRET_ENV, Redactor, env_secrets, redact_logs
 from bot.roles import RoleDirectory
-from bot.runbook import Runbook, default_runbook, load_runbook
+from bot.runbook import NotifyStep, Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
 from bot.store import Store
@@ -46,6 +50,9 @@ class Services:
     client: AsyncWebClient
     targets: dict[str, Target]
     clock: ClockRuntime | None = None
+    #: Carries out ``rollback-bot incident answer|abort`` requests from the store.
+    control: ControlPoller | None = None
+    _control_task: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
@@ -113,6 +120,10 @@ class Services:
                 self.run_incident(inc.id)
         if self.clock is not None:
             await self.clock.start()  # jobs that fell while the bot was down run now
+        if self.control is not None and self._control_task is None:
+            # Requests made from the command line while the bot was down are carried out first.
+            await self.control.once()
+            self._control_task = asyncio.create_task(self.control.run(), name="control-requests")
 
     async def kick(self, incident_id: str) -> None:
         """Let the engine go on with an incident (scheduled jobs call this)."""
@@ -120,6 +131,9 @@ class Services:
 
     async def close(self) -> None:
         """Stop background work, close transports and the store."""
+        if self._control_task is not None:
+            self._control_task.cancel()
+            await asyncio.wait([self._control_task], timeout=5)
         if self.clock is not None:
             await self.clock.close()
         for task in list(self._tasks):
@@ -147,16 +161,22 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     config.artifacts_dir.mkdir(parents=True, exist_ok=True)
     # Relative record paths were taken from the config file's folder; without one, beside the artifacts.
     records = Records.open(config.records.resolved(config.artifacts_dir.parent))
-    secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets)])
+    # Webhook URLs are credentials too: every notify step's variable, beside the bot's own secrets.
+    hooks = [s.url_env for _, s in runbook.steps() if isinstance(s, NotifyStep)]
+    secrets = env_secrets([*SECRET_ENV, *(t.github_token_env for t in config.targets), *hooks])
     engine = Engine(store, runbook, targets, artifacts_dir=config.artifacts_dir, time_scale=config.time_scale,
                     policies={"default": policy}, on_change=publisher.on_change, records=records,
-                    redact=Redactor(config.redact, secrets))
+                    redact=Redactor(config.redact, secrets), names=PeopleDirectory(client).names)
+    redact_logs(engine.redact)
     roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
     services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
                         publisher=publisher, client=client, targets=targets)
     jobs = JobScheduler(config.jobs_db or jobs_url(config.state_db), clock=clock, time_scale=config.time_scale)
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
-                                  policy=policy, kick=services.kick, mention=mentions_for(config.roles))
+                                  policy=policy, kick=services.kick, mention=mentions_for(config.roles),
+                                  holders=roles.holders)
     engine.clock_host = services.clock
+    executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident)
+    services.control = ControlPoller(executor, name=f"serve:{socket.gethostname()}:{os.getpid()}")
     engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
     return services

@@ -258,10 +258,15 @@ def render_phase(phase: PhaseView, timeline: str = "") -> Rendered:
             line += f" — {facts}"
         if s.status in ("failed", "interrupted") and s.error:
             line += f" — _{_esc(short(s.error, 120))}_"
+        elif s.status == "skipped" and s.note:
+            line += f" — {_esc(short(s.note, 120))}"
         lines.append(line)
     blocks = _sections(lines)
-    if timeline:
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"Plan timeline: {_esc(timeline)}")]))
+    context = [f"Plan timeline: {_esc(timeline)}"] if timeline else []
+    if phase.note:  # a phase the runbook runs later than the written plan puts it
+        context.append(_esc(phase.note[:1].upper() + phase.note[1:]))
+    if context:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=clip(" · ".join(context), 2900))]))
     return Rendered(f"phase:{phase.id}", clip(f"{phase.title}: {phase.status}", 3000), blocks)
 
 

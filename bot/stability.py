@@ -204,9 +204,10 @@ def sparkline(values: Sequence[float | None]) -> str:
 
 def check_line(c: StabilityCheck, total: int) -> str:
     """One line of the series message (plain text; the caller escapes for Slack)."""
-    when = c.due_at.astimezone(dt.UTC).strftime("%H:%M:%S")
-    if c.outcome == "missed":
-        return f"·  {c.index + 1}/{total} {when}  missed: {c.reason}"
+    if c.outcome == "missed":  # the slot it was due at; it never ran
+        slot = c.due_at.astimezone(dt.UTC).strftime("%H:%M:%S")
+        return f"·  {c.index + 1}/{total} {slot}  missed: {c.reason}"
+    when = c.at.astimezone(dt.UTC).strftime("%H:%M:%S")  # when it really ran
     mark = "✓" if c.outcome == "ok" else "✗"
     code = c.status_code if c.status_code is not None else "—"
     lat = f"{c.latency_ms:.0f} ms" if c.latency_ms is not None else "—"

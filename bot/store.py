@@ -121,6 +121,36 @@ artifacts = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# The control plane outside Slack (``rollback-bot incident answer|abort``): a request is
+# claimed by exactly one process (a conditional UPDATE of ``status``), executed with the
+# same rules as a click, and finished with its result.
+control_requests = sa.Table(
+    "control_requests", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
+    sa.Column("action", sa.String(16), nullable=False),  # answer | abort
+    sa.Column("step_id", sa.String(64)),
+    sa.Column("value", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.String(64), nullable=False),   # the Slack user id acted as
+    sa.Column("operator", sa.String(200), nullable=False),  # the local identity: account@host
+    # pending -> claimed -> done | refused; or pending -> applied (no bot ran: applied to the
+    # store by the command itself) -> resumed by the bot at its next start.
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("result", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+# Processes that serve control requests, with the time each last looked (a liveness hint
+# for the command line, never a lock).
+control_pollers = sa.Table(
+    "control_pollers", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def utcnow() -> dt.datetime:
     """Now, timezone-aware UTC."""

@@ -93,6 +93,17 @@ def render_text(template: str, context: Mapping[str, Any]) -> str:
     return render(template, context, quote=None)
 
 
+def slack_escape(text: str) -> str:
+    """Text as Slack mrkdwn shows it literally: ``&``, ``<``, ``>`` escaped, so a typed
+    ``<!channel>``, ``<@U…>`` or ``<http://evil|ok>`` is shown, never acted on."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_slack(template: str, context: Mapping[str, Any]) -> str:
+    """Render a message for Slack (or a Slack-style webhook): every substituted value escaped."""
+    return render(template, context, quote=slack_escape)
+
+
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:
     """Render templates inside a JSON-like value; a string that is one whole reference
     keeps the referenced value's type (a list stays a list)."""

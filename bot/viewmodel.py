@@ -44,6 +44,8 @@ class StepView:
     error: str | None
     waiting: dict[str, Any] | None
     answered: bool
+    #: Why a skipped step was skipped, in words.
+    note: str = ""
 
 
 @dataclass
@@ -53,6 +55,8 @@ class PhaseView:
     id: str
     title: str
     steps: list[StepView] = field(default_factory=list)
+    #: Where the phase really runs when that is not where the plan puts it.
+    note: str = ""
 
     @property
     def status(self) -> str:
@@ -107,15 +111,38 @@ def _facts(run: StepRun) -> dict[str, Any]:
     return facts
 
 
+def phase_notes(runbook: Runbook) -> dict[str, str]:
+    """A note for each phase that runs later than the plan puts it: after which phase it runs."""
+    notes = {}
+    for i, phase in enumerate(runbook.phases):
+        if phase.shown_before and i > 0:
+            before = runbook.phases[i - 1].title
+            notes[phase.id] = f"runs after {before}"
+    return notes
+
+
+def in_plan_order(phases: list[PhaseView], runbook: Runbook) -> list[PhaseView]:
+    """The phases in the written plan's order (a ``shown_before`` phase moved to its place)."""
+    moved = {p.id: p.shown_before for p in runbook.phases if p.shown_before}
+    out = [pv for pv in phases if pv.id not in moved]
+    for pv in phases:
+        if pv.id in moved:
+            at = next((i for i, o in enumerate(out) if o.id == moved[pv.id]), len(out))
+            out.insert(at, pv)
+    return out
+
+
 def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> IncidentView:
-    """The view of an incident from its latest step runs (the compensation once it ran)."""
+    """The view of an incident from its latest step runs (phases in run order, with notes; the
+    compensation once it ran)."""
     phases = []
+    notes = phase_notes(runbook)
     comp = runbook.compensation
     shown = list(runbook.phases)
     if comp is not None and (incident.status is Status.COMPENSATING or any(s.id in runs for s in comp.steps)):
         shown.append(comp)
     for phase in shown:
-        pv = PhaseView(phase.id, phase.title)
+        pv = PhaseView(phase.id, phase.title, note=notes.get(phase.id, ""))
         for step in phase.steps:
             run = runs.get(step.id)
             status = run.status.value if run else StepStatus.PENDING.value
@@ -127,6 +154,7 @@ def build(runbook: Runbook, incident: Incident, runs: dict[str, StepRun]) -> Inc
                 facts=_facts(run) if run else {}, error=run.error if run else None,
                 waiting=run.waiting if run else None,
                 answered=bool(run and run.answer is not None),
+                note=str(run.captures.get("skip_reason") or "") if run and status == "skipped" else "",
             ))
         phases.append(pv)
     return IncidentView(incident, phases)

@@ -191,6 +191,19 @@ async def test_unanswered_approvals_escalate_then_expire(env: ClockEnv) -> None:
     assert env.runtime.jobs.jobs(inc.id) == []
 
 
+async def test_escalation_never_names_the_requester(env: ClockEnv) -> None:
+    async def holders(role: str) -> list[str]:
+        return {"cto": ["U0REQ", "U0CTO"], "vp_engineering": ["U0VP", "U0REQ"]}.get(role, [])
+
+    env.runtime.holders = holders
+    inc = await env.incident()  # requested by U0REQ, who also holds the CTO role
+    await env.runtime.incident_opened(inc.id)
+    await env.engine.run(inc.id)
+    await env.tick(15 * 60)
+    (esc,) = [e for e in await env.store.events(inc.id) if e.kind == "approval_escalated"]
+    assert esc.data["mention"] == "<@U0CTO> <@U0VP>"
+
+
 async def test_approval_stops_escalation(env: ClockEnv) -> None:
     inc = await env.incident()
     await env.runtime.incident_opened(inc.id)

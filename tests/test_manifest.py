@@ -25,7 +25,7 @@ SHARED_SCHEMA_DIR = ROOT.parent / "shared" / "slack-manifest-schema"
 VENDORED_SCHEMA_DIR = Path(__file__).resolve().parent / "data"
 TOP_SCHEMA = "slack-manifest.schema.json"
 
-EXPECTED_BOT_SCOPES = {"commands", "chat:write", "usergroups:read", "files:write", "channels:history"}
+EXPECTED_BOT_SCOPES = {"commands", "chat:write", "users:read", "usergroups:read", "files:write", "channels:history"}
 
 
 def schema_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from collections.abc import AsyncIterator
@@ -88,7 +89,9 @@ async def test_no_webhook_configured_is_skipped_quietly(tmp_path: Path, monkeypa
     monkeypatch.delenv("ROLLBACK_STAKEHOLDER_WEBHOOK", raising=False)
     store, engine, iid = await _run(tmp_path, "r")
     runs = await store.latest_runs(iid)
-    assert runs["tell"].status is StepStatus.DONE
+    # Recorded as skipped, with the reason in words, not as done and not as an error.
+    assert runs["tell"].status is StepStatus.SKIPPED and runs["tell"].error is None
+    assert runs["tell"].captures["skip_reason"] == "no stakeholder webhook: ROLLBACK_STAKEHOLDER_WEBHOOK is not set"
     assert (await store.incident(iid)).status is Status.COMPLETED
     await engine.targets["t"].transport.close()
     await store.close()
@@ -104,5 +107,51 @@ async def test_a_failing_webhook_does_not_stop_the_rollback(
     assert runs["tell"].status is StepStatus.FAILED and "500" in (runs["tell"].error or "")
     assert runs["after"].status is StepStatus.DONE
     assert (await store.incident(iid)).status is Status.COMPLETED
+    await engine.targets["t"].transport.close()
+    await store.close()
+
+
+async def test_typed_text_is_escaped_for_slack(tmp_path: Path, hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLBACK_STAKEHOLDER_WEBHOOK", hook.url)
+    store, engine, iid = await _run(tmp_path, "<!channel> see <http://evil.example|the status page> & <@U0BOSS>")
+    # Shown literally in Slack: no @channel ping, no disguised link, no mention.
+    assert hook.bodies == [{"text": f"Rollback {iid} started: &lt;!channel&gt; see "
+                                    "&lt;http://evil.example|the status page&gt; &amp; &lt;@U0BOSS&gt;"}]
+    await engine.targets["t"].transport.close()
+    await store.close()
+
+
+async def test_the_webhook_url_is_redacted_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from bot.audit import AuditLog, AuditSink
+    from bot.redaction import Redactor, env_secrets, redact_logs
+
+    # A Slack-style webhook: the whole URL is the credential; nothing listens there.
+    secret_url = "http://127.0.0.1:9/services/T0SECRET/B0SECRET/abcdefSECRETxyz"
+    monkeypatch.setenv("ROLLBACK_STAKEHOLDER_WEBHOOK", secret_url)
+    with caplog.at_level(logging.INFO):
+        store, engine, iid = await _run(tmp_path, "r")
+    run = (await store.latest_runs(iid))["tell"]
+    assert run.status is StepStatus.FAILED and "[REDACTED]" in (run.error or "")
+    journal = json.dumps([e.data for e in await store.events(iid)], default=str)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    await AuditSink(store, audit).flush()
+    for where in (run.error or "", run.output_tail, journal, (tmp_path / "audit.jsonl").read_text()):
+        assert "SECRET" not in where
+    # Log lines are redacted too, and httpx's request lines (full URLs) are not logged at INFO.
+    handler = logging.StreamHandler(io.StringIO())
+    logging.getLogger().addHandler(handler)
+    try:
+        redact_logs(Redactor(values=env_secrets()))
+        logging.getLogger("bot.test").warning("posting to %s failed", secret_url)
+        logging.getLogger("bot.test").warning("db at postgresql+asyncpg://rb:hunter2pass@db/rb")
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+        text = handler.stream.getvalue()  # type: ignore[attr-defined]
+        assert "SECRET" not in text and "hunter2pass" not in text and text.count("[REDACTED]") == 2
+    finally:
+        logging.getLogger().removeHandler(handler)
     await engine.targets["t"].transport.close()
     await store.close()

@@ -5,6 +5,7 @@ the journal; over a real sshd in the drill, and from Slack with the GitHub rollb
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import sqlite3
@@ -15,7 +16,7 @@ import pytest
 
 from bot.audit import verify_chain
 from bot.config import SlackSecrets, parse_config
-from bot.drill.run import run_drill
+from bot.drill.run import print_result, run_drill
 from bot.drill.sandbox import build_sandbox
 from bot.drill.sshd import SshdUnavailable
 from bot.drill.verdict import check_verdict
@@ -119,6 +120,35 @@ async def test_drill_over_sshd_keeps_the_whole_record(tmp_path: Path) -> None:
         assert "| Data Loss | None | 0 records | ✅ |" in report
         assert runs["report"].captures["overall"] == "SUCCESS"
         assert "## Phase 7" in report and "- [ ] Root Cause Identification" in report
+
+        # An accurate record: a drill is recorded as one; the person who acted as incident
+        # commander (not the requester), people by name with their ids; the app rollback that
+        # ran; skipped steps with the reason in words; phases in the plan's order.
+        assert context["environment"] == "drill" and "- **Environment:** drill" in report
+        assert context["incident_commander"] == "U0DRILLIC"
+        assert "- **Incident commander:** Incident commander (simulated) (U0DRILLIC)" in report
+        assert "- **Requested by:** Drill requester (simulated) (U0DRILLREQ)" in report
+        assert "- **Method:** command on the target (done, exit status 0" in report
+        assert details["application_rollback"]["method"] == "command"
+        assert runs["notify_initiated"].status.value == "skipped"
+        phases = report.split("## Phases", 1)[1].split("\n## ", 1)[0]
+        assert "Selective rollback: restore the affected records from the backup — skipped: runs only when " \
+               "the strategy choice is 'A'; it is 'C'" in phases
+        assert "Stakeholder notification: rollback initiated — skipped: no stakeholder webhook" in phases
+        assert "error:" not in "".join(line for line in report.splitlines() if "step skipped" in line)
+        assert phases.index("Phase 5:") < phases.index("Phase 6:")
+        assert "Phase 5: Governance & Audit Documentation — running (runs after Phase 6: System Stabilization" \
+               in phases  # rendered by its own report step
+        # One recovery time everywhere: the drill's printed figure, the report, the governance record.
+        secs = result.recovery_seconds
+        assert secs is not None and secs > 0
+        out = io.StringIO()
+        print_result(result, out, kept=True)
+        assert f"Recovery time: {secs:.1f} s (start of run to service restored)" in out.getvalue()
+        assert f"- **Recovery time (start of the run to service restored):** {secs:.1f} s" in report
+        assert details["recovery_time_seconds"] == round(secs, 1)
+        assert f"({secs:.1f} s)" in metrics_table(metrics)
+        print(f"record: recovery time {secs:.1f} s in the drill's output, the report and the governance record")
     finally:
         await store.close()
 
@@ -200,6 +230,16 @@ async def test_slack_incident_with_github_rollback_ends_with_the_record(
         assert len(closing) == 1 and closing[0].reply_broadcast
         for name in ("Rollback Duration", "Data Loss", "Service Availability", "Error Rate", "User Impact"):
             assert name in str(closing[0].blocks)
+
+        # The incident commander is who acted as one; people by name (users.info), ids kept;
+        # the app rollback that ran is the workflow.
+        context = json.loads(row[5])
+        assert context["incident_commander"] == IC and context["environment"] == "production"
+        report = reports[0].text
+        assert f"- **Incident commander:** u0commander ({IC})" in report
+        assert f"- **Requested by:** u0requester ({REQ})" in report
+        assert "- **Method:** GitHub Actions workflow (done)" in report
+        assert {c.params.get("user") for c in fake.calls_to("users.info")} >= {REQ, IC, LEAD, PO}
     finally:
         await services.close()
         await fake.stop()

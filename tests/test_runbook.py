@@ -158,3 +158,42 @@ def test_cli_runbook_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert f"runbook.yml:{line}: step 'emergency_backup': unknown field 'timout'" in err
     with pytest.raises(RunbookError):
         load_runbook(tmp_path / "missing.yml")
+
+
+def test_user_typed_values_only_where_quoted_or_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = textwrap.dedent("""\
+        name: typed
+        phases:
+          - id: p
+            title: P
+            steps:
+              - id: q
+                title: Query
+                kind: sqlite
+                op: query
+                params:
+                  sql: "SELECT * FROM t WHERE name = '{{ incident.reason }}' AND x = ?"
+                  params: ["{{ incident.reason }}"]
+              - {id: h, title: Call, kind: http, url: "http://x/{{ inputs.impact }}",
+                 json: {why: "{{ incident.reason }}"}}
+              - {id: c, title: Cmd, kind: command, idempotent: true, run: "echo {{ incident.reason }}"}
+              - id: b
+                title: Backup
+                kind: sqlite
+                op: backup
+                idempotent: true
+                params:
+                  dest: "/tmp/{{ incident.description }}.db"
+              - {id: n, title: Tell, kind: notify, text: "{{ incident.reason }}"}
+        """)
+    path = tmp_path / "typed.yml"
+    path.write_text(text)
+    assert main(["runbook", "check", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    # The SQL text, the URL and the path are refused, each with its line; the bound parameter,
+    # the JSON body, the shell-quoted command and the notify text are not.
+    assert [line.split(": step ")[0].rsplit(":", 1)[1] for line in err] == ["11", "13", "22"]
+    assert "'params.sql'" in err[0] and "'url'" in err[1] and "'params.dest'" in err[2]
+    assert all("typed by a person" in line for line in err)
+    # The shipped runbook puts the reason only where it is safe.
+    assert main(["runbook", "check"]) == 0

@@ -336,6 +336,9 @@ async def test_modal_errors_and_p4(harness: Harness) -> None:
     assert inc.status is Status.CLOSED and inc.decision == "No rollback needed"
     assert "P4: recorded, no rollback needed" in str(h.thread()[0].blocks)
     assert not h.fake.buttons(CH)
+    # The close is in the audit chain at once, not at the next change or start.
+    entries = await h.services.engine.records.log.entries(inc.id)
+    assert [e["kind"] for e in entries if e.get("type") == "event"][-1] == "incident_close"
 
 
 async def test_p4_override_by_incident_commander(harness: Harness) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from bot.lifecycle import Status, StepStatus
 from bot.scheduler import JobScheduler, jobs_url
-from bot.stability import SeriesPlan, judge, percentile, sparkline, summary
+from bot.stability import SeriesPlan, check_line, judge, percentile, sparkline, summary
 from bot.store import StabilityCheck
 from tests.clock_env import T0, ClockEnv
 from tests.health_server import HealthServer
@@ -226,6 +226,9 @@ async def test_a_restart_in_the_middle_records_missed_checks_and_repeats_none(
         assert [(c.index, c.outcome) for c in checks] == [(0, "ok"), (1, "ok"), (2, "missed"), (3, "missed"),
                                                           (4, "ok")]
         assert "bot was down" in checks[2].reason
+        # Shown at the time each really ran; a missed one at the slot it was due.
+        assert check_line(checks[2], 15).startswith("·  3/15 09:02:00  missed")
+        assert check_line(checks[4], 15).startswith("✓  5/15 09:04:00")
         assert len(health.requests) == 1 + 3  # health_before + checks 1, 2 and 5: none repeated
         inc = await env2.store.incident(iid)
         assert inc.status is Status.COMPLETED
@@ -235,6 +238,20 @@ async def test_a_restart_in_the_middle_records_missed_checks_and_repeats_none(
         assert sorted(e.data["index"] for e in journal) == [0, 1, 2, 3, 4]
     finally:
         await env2.close()
+
+
+async def test_a_late_check_while_the_bot_runs_is_shown_when_it_ran(tmp_path: Path, health: HealthServer) -> None:
+    env = await ClockEnv.open(tmp_path, RUNBOOK, health_url=health.url)
+    try:
+        iid = await _to_series(env)
+        await env.tick()
+        await env.tick(90)  # the second check fires 30 s after its slot: the bot was up, so it runs
+        checks = await env.store.stability_checks(iid)
+        assert [(c.index, c.outcome) for c in checks] == [(0, "ok"), (1, "ok")]
+        assert (checks[1].at - checks[1].due_at).total_seconds() == 30
+        assert check_line(checks[1], 15).startswith("✓  2/15 09:01:30")
+    finally:
+        await env.close()
 
 
 async def test_a_lost_job_is_put_back_at_start(tmp_path: Path, health: HealthServer) -> None:

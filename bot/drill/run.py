@@ -13,7 +13,6 @@ import contextlib
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from bot.drill.sandbox import Sandbox, build_sandbox
 from bot.drill.verdict import Verdict, check_verdict
 from bot.engine import Engine, Target, Waiting
 from bot.lifecycle import FINAL, Status
+from bot.metrics import gather, rollback_seconds
+from bot.people import fixed_names
 from bot.records import Records, RecordsConfig
 from bot.runbook import Runbook, default_runbook
 from bot.store import Store
@@ -32,9 +33,13 @@ from bot.targets import TargetSettings, open_transport
 from bot.terminal import TerminalView
 from bot.viewmodel import load
 
-#: Simulated people: one primary and one secondary approver, as the plan requires.
+#: Simulated people: one primary and one secondary approver, as the plan requires, and the
+#: incident commander who answers the questions.
 DRILL_REQUESTER = "U0DRILLREQ"
 DRILL_APPROVERS = (("U0TECHLEAD", ["tech_lead"]), ("U0PRODOWNER", ["product_owner"]))
+DRILL_COMMANDER = "U0DRILLIC"
+DRILL_NAMES = {DRILL_REQUESTER: "Drill requester (simulated)", "U0TECHLEAD": "Tech lead (simulated)",
+               "U0PRODOWNER": "Product owner (simulated)", DRILL_COMMANDER: "Incident commander (simulated)"}
 
 
 @dataclass
@@ -45,7 +50,8 @@ class DrillResult:
     status: Status
     strategy: str
     verdict: Verdict
-    recovery_seconds: float
+    #: Start of the run to service restored, as the report and the governance record count it.
+    recovery_seconds: float | None
     root: Path
     notes: list[str] = field(default_factory=list)
     #: Where the record is (inside ``root``: removed with it unless the drill keeps it).
@@ -130,20 +136,21 @@ async def run_drill(
             view.show(await load(store, runbook, incident_id), await store.stability_checks(incident_id))
 
         records = Records.open(RecordsConfig.model_validate(
-            {"audit_log": root / "logs" / "governance.jsonl", "evidence_root": root / "evidence"}))
+            {"audit_log": root / "logs" / "governance.jsonl", "evidence_root": root / "evidence",
+             "environment": "drill"}))
         engine = Engine(store, runbook, {"sandbox": Target(settings, transport)},
-                        artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show, records=records)
+                        artifacts_dir=root / "artifacts", time_scale=time_scale, on_change=show, records=records,
+                        names=fixed_names(DRILL_NAMES))
         closers.append(engine.aclose)
         inc = await store.create_incident(
             target="sandbox", runbook=runbook.name, severity="P1", decision="IMMEDIATE",
             inputs={"triggers": ["data_corruption"], "impact": "High", "business_risk": "Critical",
-                    "description": "Drill: undo the Phase 3 deployment"},
+                    "description": "Drill: undo the Phase 3 deployment", "environment": "drill"},
             requester=DRILL_REQUESTER, reason=reason or f"Drill of strategy {strategy}",
         )
         view.note(f"Incident {inc.id} opened; running the runbook")
         clock = await DrillClock.start(engine, root, time_scale=time_scale)
         closers.append(clock.close)
-        started = time.monotonic()
         notes: list[str] = []
         idle = 0
         while True:
@@ -167,8 +174,8 @@ async def run_drill(
                     await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
                 continue
             answer = _pick(w, strategy, sandbox)
-            await engine.answer(inc.id, w.step_id, answer, user="U0DRILLIC")
-        recovery = time.monotonic() - started
+            await engine.answer(inc.id, w.step_id, answer, user=DRILL_COMMANDER, roles=["incident_commander"])
+        recovery = rollback_seconds(await gather(store, runbook, inc.id))
         notes += await clock.summary(inc.id)
         verdict = await check_verdict(store=store, incident=inc, transport=transport,
                                       settings=settings, sandbox=sandbox, strategy=strategy, runbook=runbook)
@@ -200,7 +207,8 @@ def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
     for check in v.checks:
         out.write(f"  {'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}\n")
     out.write(f"\nIncident {result.incident_id}: {result.status.value}, strategy {result.strategy}\n")
-    out.write(f"Recovery time: {result.recovery_seconds:.2f} s (start of run to service restored)\n")
+    took = "service not restored" if result.recovery_seconds is None else f"{result.recovery_seconds:.1f} s"
+    out.write(f"Recovery time: {took} (start of run to service restored)\n")
     out.write(f"Data loss: {v.data_loss_records} records ({v.data_loss_detail})\n")
     for note in result.notes:
         out.write(note + "\n")
