@@ -109,9 +109,11 @@ async def test_a_failed_check_holds_the_next_phase_and_asks(env: ClockEnv, healt
     await env.tick()
     await env.tick(60)
     health.mode = "failing"
+    kicks = len(env.kicks)
     await env.tick(60)
     w = await env.engine.waiting_for(iid)
     assert w is not None and w.kind == "stability_failed"
+    assert env.kicks[kicks:] == [iid]  # whoever waits for the series is woken to see it failed
     assert [o["value"] for o in w.options] == ["extend", "maintenance", "continue"]
     assert "HTTP 503" in (w.error or "") and "'error'" in (w.error or "")
     run = (await env.store.latest_runs(iid))["stability_checks"]
