@@ -128,10 +128,10 @@ def _kill_point(name: str) -> None:
 
 
 def _watch(conn: sqlite3.Connection) -> None:
-    """Make every ~100 SQLite VM steps of ``conn`` a write point (only with the kill hook)."""
+    """Make every ~20 SQLite VM steps of ``conn`` a write point (only with the kill hook)."""
     if _HOOK is not None:
         hook = _HOOK
-        conn.set_progress_handler(lambda: hook.point("sql"), 100)
+        conn.set_progress_handler(lambda: hook.point("sql"), 20)
 
 
 # ---------------------------------------------------------------------------- helpers
