@@ -96,6 +96,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--config", help="config file (default: $ROLLBACK_BOT_CONFIG)")
     k.set_defaults(func=_check)
 
+    from bot.plan_cli import register as register_plan
+
+    register_plan(sub)
+
     au = sub.add_parser("audit", help="audit log tools")
     ausub = au.add_subparsers(dest="audit_command", required=True)
     v = ausub.add_parser("verify", help="check the hash chain of an audit log; names the first broken line")

@@ -56,9 +56,11 @@ from bot.runbook import (
     WaitStep,
     WindowStep,
 )
+from bot.step_render import command_text, sqlite_params
+from bot.step_render import http_request as http_request_of
 from bot.store import Incident, StepRun, Store
 from bot.targets import TargetSettings, open_transport, open_transports
-from bot.templating import TemplateError, lookup, render_shell, render_text, render_value
+from bot.templating import TemplateError, lookup, render_text, render_value
 
 log = logging.getLogger(__name__)
 
@@ -664,9 +666,9 @@ class Engine:
             return {"waited": step.seconds * self.time_scale}, ""
         target = self._target(inc, step)
         if isinstance(step, CommandStep) and target.hosts:
-            return await self._perform_group(inc, step, target, render_shell(step.run, ctx), attempt, prior)
+            return await self._perform_group(inc, step, target, command_text(step, ctx), attempt, prior)
         if isinstance(step, CommandStep):
-            command = render_shell(step.run, ctx)
+            command = command_text(step, ctx)
             res = await target.transport.run(command, timeout=step.timeout, cwd=target.settings.workdir)
             res = replace(res, stdout=self.redact(res.stdout), stderr=self.redact(res.stderr))
             output = res.stdout + (("\n[stderr]\n" + res.stderr) if res.stderr else "")
@@ -682,10 +684,9 @@ class Engine:
                                     stdout=res.stdout, stderr=res.stderr)
             return result, output
         if isinstance(step, HttpStep):
-            url = render_text(step.url, ctx)
-            headers = {k: render_text(v, ctx) for k, v in step.headers.items()}
-            body = render_value(step.json_body, ctx) if step.json_body is not None else None
-            resp = await http_request(step.method, url, headers=headers, json_body=body,
+            req = http_request_of(step, ctx)
+            url = req.url
+            resp = await http_request(step.method, url, headers=req.headers, json_body=req.json_body,
                                       timeout=step.timeout, client=self.http)
             path = await self._artifact(inc, step, "body", resp.text, attempt)
             result = resp.as_dict()
@@ -695,8 +696,7 @@ class Engine:
                                       f"{step.expect_status}", status=resp.status, body=resp.text[-500:])
             return result, self.redact(resp.text[:TAIL_CHARS])
         if isinstance(step, SqliteStep):
-            params = render_value(step.params, ctx)
-            params["db"] = render_text(step.db, ctx)
+            params = sqlite_params(step, ctx)
             out = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
                                   python=target.settings.python, cwd=target.settings.workdir)
             text = self.redact(json.dumps(out, indent=1, sort_keys=True, default=str))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bot.templating import ROOTS, Ref, value_refs
 
@@ -492,6 +492,13 @@ class Runbook(_Model):
     description: str = ""
     phases: list[Phase] = Field(min_length=1)
     compensation: Compensation | None = None
+    #: The YAML text the runbook was parsed from (its sha256 is part of the plan hash).
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source_text(self) -> str | None:
+        """The YAML text this runbook was loaded from, if it came from one."""
+        return self._source
 
     def steps(self) -> Iterator[tuple[Phase, StepBase]]:
         """Every (phase, step) in order."""
@@ -729,6 +736,7 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
     problems2 = _check_refs(rb, where)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
+    rb._source = text
     return rb
 
 
