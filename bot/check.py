@@ -76,6 +76,30 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
     return sorted(set(problems), key=problems.index)
 
 
+async def last_tested_line(settings: Settings) -> str | None:
+    """The "Last tested" line of the configured runbook, from the state store (never created here)."""
+    from pathlib import Path
+
+    from bot.last_tested import last_tested
+    from bot.plan import runbook_sha256
+    from bot.store import Store
+
+    cfg = settings.config
+    exists = await asyncio.to_thread(Path(cfg.state_db).is_file)
+    if "://" not in cfg.state_db and not exists:
+        return "runbook: Last tested: never (no state store yet)"
+    try:
+        runbook = load_runbook(cfg.runbook) if cfg.runbook else default_runbook()
+    except RunbookError:
+        return None
+    store = await Store.open(cfg.state_db)
+    try:
+        info = await last_tested(store, runbook_sha256(runbook))
+    finally:
+        await store.close()
+    return f"runbook {runbook_sha256(runbook)[:12]}: {info['text']}"
+
+
 def check_main(config: str | None, *, out: TextIO | None = None) -> int:
     """Entry point of ``rollback-bot check``."""
     out = out or sys.stdout
@@ -89,5 +113,8 @@ def check_main(config: str | None, *, out: TextIO | None = None) -> int:
     problems = asyncio.run(run_checks(settings))
     for p in problems:
         print(p, file=out)
+    tested = asyncio.run(last_tested_line(settings))
+    if tested:
+        print(tested, file=out)
     print("check: OK" if not problems else f"check: {len(problems)} problem(s)", file=out)
     return 0 if not problems else 1

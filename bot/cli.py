@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("drill", help="run the whole rollback plan against a local sandbox")
     d.add_argument("--strategy", choices=["A", "B", "C"], default="C",
                    help="restoration strategy: A selective, B transaction rollback, C full restore")
+    d.add_argument("--runbook", metavar="FILE", help="runbook YAML to drill (default: the shipped plan)")
     d.add_argument("--ssh", action="store_true", help="reach the sandbox through a local sshd")
     d.add_argument("--keep", action="store_true", help="keep the sandbox directory")
     d.add_argument("--time-scale", type=float, default=0.01,
@@ -97,8 +98,10 @@ def parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_check)
 
     from bot.plan_cli import register as register_plan
+    from bot.rehearsal_cli import register as register_rehearse
 
     register_plan(sub)
+    register_rehearse(sub)
 
     au = sub.add_parser("audit", help="audit log tools")
     ausub = au.add_subparsers(dest="audit_command", required=True)

@@ -14,14 +14,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy
-from bot.clock_settings import ClockSettings
+from bot.clock_settings import ClockSettings, MaintenanceWindow
 from bot.records import RecordsConfig
 from bot.redaction import DEFAULT_PATTERNS
 from bot.stability import StabilitySettings
@@ -118,6 +118,22 @@ class SlackConfig(_Model):
         return [c.strip() for c in v]
 
 
+class RehearsalSchedule(_Model):
+    """A scheduled rehearsal: the whole plan against a staging target, reported to a channel."""
+
+    target: str = Field(description="a target marked `rehearsal: allowed`")
+    cron: str = Field(description="when, crontab syntax (minute hour day month weekday)")
+    timezone: str = Field("UTC", description="IANA time zone of the cron expression")
+    channel: str = Field(description="channel id (C…) the result is posted to")
+    strategy: Literal["A", "B", "C"] = Field("C", description="restoration strategy rehearsed")
+    time_scale: float = Field(0.01, gt=0, le=1.0, description="factor on every wait of the rehearsal")
+
+    @model_validator(mode="after")
+    def _cron(self) -> RehearsalSchedule:
+        MaintenanceWindow.model_validate({"cron": self.cron, "timezone": self.timezone})
+        return self
+
+
 class BotConfig(_Model):
     """Everything in the config file."""
 
@@ -136,6 +152,8 @@ class BotConfig(_Model):
     jobs_db: str | None = Field(None, description="SQLAlchemy URL of the scheduled jobs; beside state_db when empty")
     records: RecordsConfig = Field(default_factory=lambda: RecordsConfig.model_validate({}),
                                    description="audit log, evidence archive, governance record, report")
+    rehearsals: list[RehearsalSchedule] = Field(default_factory=list,
+                                                description="scheduled rehearsals on staging targets")
     redact: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
                               description="regexes of secrets hidden in command output before it is stored or posted")
 
@@ -155,6 +173,12 @@ class BotConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"targets: duplicate name(s) {', '.join(dupes)}")
+        for i, r in enumerate(self.rehearsals):
+            target = self.target(r.target)
+            if target is None:
+                raise ValueError(f"rehearsals[{i}].target: no target {r.target!r}")
+            if target.rehearsal != "allowed":
+                raise ValueError(f"rehearsals[{i}].target: {r.target!r} is not marked 'rehearsal: allowed'")
         known = self.policy.policy().roles | {INCIDENT_COMMANDER}
         unknown = sorted(set(self.roles) - known)
         if unknown:

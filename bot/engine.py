@@ -37,6 +37,9 @@ from bot import compensation, timed_steps
 from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
+from bot.plan import Plan
+from bot.plan_binding import binding_fields, binding_plan, confirm_previews, describe_change
+from bot.plan_text import markdown as plan_markdown
 from bot.record_steps import RECORD_STEPS, RecordContext, release_options
 from bot.record_steps import perform as perform_record
 from bot.records import Records, RecordsConfig
@@ -264,8 +267,11 @@ class Engine:
             ok, why = counts(policy, Vote(user_id, frozenset(roles)), requester=inc.requester)
             if ok and any(a.user_id == user_id for a in earlier):
                 ok, why = False, "you already answered; one person counts once"
-            await self.store.add_approval(incident_id, user_id=user_id, roles=roles,
-                                          decision=decision, counted=ok, note=note if ok else why)
+            asked = [r.waiting.get("plan_hash") for r in (await self.store.latest_runs(incident_id)).values()
+                     if r.waiting and r.waiting.get("kind") == "approval" and r.status is StepStatus.WAITING]
+            await self.store.add_approval(incident_id, user_id=user_id, roles=roles, decision=decision,
+                                          counted=ok, note=note if ok else why,
+                                          plan_hash=asked[0] if asked else None)
         await self._changed(incident_id)
         return ok, why
 
@@ -306,11 +312,7 @@ class Engine:
                     choices[step_id] = run.captures["choice"]
         return {
             "target": self.targets[inc.target].settings.template_values(),
-            "incident": {
-                "id": inc.id, "stamp": inc.stamp, "reason": inc.reason,
-                "requester": inc.requester or "", "severity": inc.severity or "",
-                "decision": inc.decision or "",
-            },
+            "incident": _incident_values(inc),
             "inputs": inc.inputs,
             "captures": captures,
             "choices": choices,
@@ -497,6 +499,8 @@ class Engine:
                 run = await self.store.begin_step(inc.id, step.id, phase.id)
                 await self.store.end_step(run.id, StepStatus.SKIPPED, error=f"condition not met: {step.when}")
                 return "next"
+        if step.has_side_effect and await self._plan_changed_since_approval(inc, runs):
+            return "wait"
         return await self._execute(inc, phase, step, ctx)
 
     async def _apply_answer(self, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
@@ -529,6 +533,9 @@ class Engine:
                                    prior=run if value == "retry" else None)
 
     async def _approval(self, inc: Incident, phase: Phase, step: ApprovalStep, run: StepRun) -> str:
+        plan = self.binding_plan(inc)
+        if (run.waiting or {}).get("plan_hash") != plan.hash:
+            return await self._ask_approval(inc, phase, step, plan, previous=run)
         policy = self.policies.get(step.policy, DEFAULT_POLICY)
         clicks = [a for a in await self.store.approvals(inc.id) if a.counted]
         rejected = next((a for a in clicks if a.decision == "reject"), None)
@@ -545,18 +552,70 @@ class Engine:
             return "wait"
         await self._resume(inc)
         await self.store.end_step(run.id, StepStatus.DONE, captures={
-            "path": state.path, "approvers": [v.user_id for v in votes]})
+            "path": state.path, "approvers": [v.user_id for v in votes], "plan_hash": plan.hash})
         return "next"
+
+    # ------------------------------------------------------------ the plan approvers approve
+
+    def binding_plan(self, inc: Incident) -> Plan:
+        """The rendered plan of this incident that approvals are bound to."""
+        return binding_plan(self.runbook, self.targets[inc.target].settings, _incident_values(inc), inc.inputs,
+                            policies=self.policies, redact=self.redact)
+
+    async def _ask_approval(self, inc: Incident, phase: Phase, step: ApprovalStep, plan: Plan, *,
+                            previous: StepRun | None = None) -> str:
+        """Ask for approval of ``plan`` (its file in the thread); a previous ask of another plan is
+        closed and the approvals it collected are void."""
+        folder = self.artifacts_dir / inc.id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"plan_{plan.hash[:16]}.md"
+        data = plan_markdown(plan).encode("utf-8")
+        if not path.exists():
+            await asyncio.to_thread(path.write_bytes, data)
+            await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
+                                          sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        waiting: dict[str, Any] = {"kind": "approval", "prompt": step.title, "policy": step.policy,
+                                   **binding_fields(plan, str(path))}
+        if previous is not None:
+            old = previous.waiting or {}
+            changed = describe_change(old, plan)
+            reason = "void: the plan changed before the run started (" + "; ".join(changed) + ")"
+            voided = await self.store.void_approvals(inc.id, reason=reason[:1000], keep_hash=plan.hash)
+            waiting.update(changed=changed, voided=voided, previous_hash=old.get("plan_hash"))
+            if previous.status is StepStatus.WAITING:
+                await self.store.end_step(previous.id, StepStatus.SKIPPED, error=reason[:1000])
+            await self.store.log(inc.id, "plan_changed", step_id=step.id,
+                                 data={"changed": changed, "voided": voided, "plan_hash": plan.hash,
+                                       "previous_hash": old.get("plan_hash")})
+        run = await self.store.begin_step(inc.id, step.id, phase.id, status=StepStatus.WAITING, waiting=waiting)
+        return await self._approval(inc, phase, step, run)
+
+    async def _plan_changed_since_approval(self, inc: Incident, runs: Mapping[str, StepRun]) -> bool:
+        """Before the first side effect: if the plan changed since it was approved, ask again."""
+        for sid, r in runs.items():
+            if r.status is not StepStatus.SKIPPED and sid in self._side_effect_ids:
+                return False  # the run has started; approvals bind until then
+        for phase, step in self.runbook.steps():
+            done = runs.get(step.id)
+            if isinstance(step, ApprovalStep) and done is not None and done.status is StepStatus.DONE:
+                plan = self.binding_plan(inc)
+                if done.captures.get("plan_hash") not in (None, plan.hash):
+                    previous = replace(done, waiting={**(done.waiting or {}),
+                                                      "plan_hash": done.captures["plan_hash"]})
+                    await self._ask_approval(inc, phase, step, plan, previous=previous)
+                    return True
+        return False
+
+    @property
+    def _side_effect_ids(self) -> set[str]:
+        return {s.id for _, s in self.runbook.steps() if s.has_side_effect}
 
     # ------------------------------------------------------------ executing
 
     async def _execute(self, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any], *,
                        prior: StepRun | None = None) -> str:
         if isinstance(step, ApprovalStep):
-            run = await self.store.begin_step(
-                inc.id, step.id, phase.id, status=StepStatus.WAITING,
-                waiting={"kind": "approval", "prompt": step.title, "policy": step.policy})
-            return await self._approval(inc, phase, step, run)
+            return await self._ask_approval(inc, phase, step, self.binding_plan(inc))
         if isinstance(step, ManualStep) and not step.blocking:
             run = await self.store.begin_step(inc.id, step.id, phase.id)
             await self.store.end_step(run.id, StepStatus.DONE, captures={"noted": True})
@@ -570,6 +629,16 @@ class Engine:
             kind = "choice" if isinstance(step, ChoiceStep) else "manual"
             prompt = step.prompt if isinstance(step, ChoiceStep) else step.title
             waiting: dict[str, Any] = {"kind": kind, "prompt": prompt, "options": options}
+            if isinstance(step, ChoiceStep):
+                # The confirm dialog of each option shows the destructive steps it leads to, rendered.
+                settings = self._target(inc, step).settings
+                *each, generic = confirm_previews(self.runbook, settings, ctx, step.id,
+                                                  [*(o["value"] for o in options), None], redact=self.redact)
+                for option, preview in zip(options, each, strict=True):
+                    if preview:
+                        option["confirm"] = preview
+                if generic:
+                    waiting["confirm"] = generic
             if isinstance(step, ChoiceStep) and step.default is not None:
                 waiting["default"] = render_text(step.default, ctx)
             suggested = next((o["value"] for o in options if o.get("suggested")), None)
@@ -782,6 +851,12 @@ class Engine:
         await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
                                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         return path
+
+
+def _incident_values(inc: Incident) -> dict[str, Any]:
+    """What templates see as ``incident.*``."""
+    return {"id": inc.id, "stamp": inc.stamp, "reason": inc.reason, "requester": inc.requester or "",
+            "severity": inc.severity or "", "decision": inc.decision or ""}
 
 
 def _host_state(record: dict[str, Any]) -> str:

@@ -89,6 +89,15 @@ def backup_used(f: Facts) -> tuple[str, str]:
     return chosen, period
 
 
+def _last_tested(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The plan's "Last Tested" field: the last passing rehearsal known when the incident opened."""
+    info = inputs.get("last_tested")
+    if not isinstance(info, dict):
+        return {"text": "Last tested: not recorded"}
+    keys = ("text", "at", "target", "tested_runbook_sha256", "runbook_sha256", "this_runbook", "recovery_seconds")
+    return {k: info[k] for k in keys if k in info}
+
+
 def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Versions,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """The plan's governance log entry for this incident."""
@@ -150,6 +159,8 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
                 "service_restoration": "complete" if final_ok else "incomplete",
             },
             "total_rollback_minutes": _minutes(rollback_seconds(f)),
+            "approved_plan_hash": f.capture("approval", "plan_hash"),
+            "last_tested": _last_tested(inputs),
         },
         "runtime_context": {
             "phase": cfg.phase,

@@ -31,6 +31,7 @@ from bot.runbook import (
     HttpStep,
     ManualStep,
     NotifyStep,
+    Phase,
     Runbook,
     SqliteStep,
     StabilityStep,
@@ -272,25 +273,30 @@ def _detail(step: StepBase, ctx: dict[str, Any], settings: TargetSettings, polic
     return {}
 
 
+def plan_step(phase: Phase, step: StepBase, ctx: dict[str, Any], settings: TargetSettings, *,
+              policies: Mapping[str, ApprovalPolicy] | None = None,
+              options: Mapping[str, list[dict[str, str]]] | None = None,
+              redact: Callable[[str], str] | None = None) -> PlannedStep:
+    """One step rendered as it would run in ``ctx``."""
+    state = _state(step, ctx)
+    try:
+        detail = (_detail(step, ctx, settings, policies or {}, options or {}) if state != "skipped"
+                  else {"skipped": f"condition not met: {step.when}"})
+    except (TemplateError, ValueError) as exc:
+        detail = {"error": f"cannot render: {exc}"}
+    return PlannedStep(phase.id, phase.title, step.id, str(getattr(step, "kind", "?")), step.title, state,
+                       step.when, step.destructive, step.has_side_effect, step.is_idempotent, step.timeout,
+                       _redacted(detail, redact or (lambda text: text)))
+
+
 def build_plan(runbook: Runbook, settings: TargetSettings, *, runbook_text: str | None = None,
                ctx: dict[str, Any] | None = None, policies: Mapping[str, ApprovalPolicy] | None = None,
                options: Mapping[str, list[dict[str, str]]] | None = None,
                redact: Callable[[str], str] | None = None) -> Plan:
     """Render every step of ``runbook`` for ``settings``; ``ctx`` from ``plan_context``."""
     ctx = ctx if ctx is not None else plan_context(settings)
-    redact = redact or (lambda text: text)
-    steps: list[PlannedStep] = []
-    for phase, step in runbook.steps():
-        state = _state(step, ctx)
-        try:
-            detail = (_detail(step, ctx, settings, policies or {}, options or {}) if state != "skipped"
-                      else {"skipped": f"condition not met: {step.when}"})
-        except (TemplateError, ValueError) as exc:
-            detail = {"error": f"cannot render: {exc}"}
-        steps.append(PlannedStep(
-            phase.id, phase.title, step.id, str(getattr(step, "kind", "?")), step.title, state,
-            step.when, step.destructive, step.has_side_effect, step.is_idempotent, step.timeout,
-            _redacted(detail, redact)))
+    steps = [plan_step(phase, step, ctx, settings, policies=policies, options=options, redact=redact)
+             for phase, step in runbook.steps()]
     choices = {k: str(v) for k, v in ctx["choices"].known.items()} if isinstance(ctx["choices"], Pending) else {}
     return Plan(runbook.name, runbook.version, settings.name, runbook_sha256(runbook, runbook_text),
                 sha256_text(_canonical(settings.model_dump(mode="json"))), choices, steps,

@@ -122,6 +122,7 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
         f"- **Rollback team:** {', '.join(rollback_team(f)) or '—'}",
         f"- **Rollback reason:** {_cell(inc.reason) or '—'}",
         f"- **Rollback window:** {stamp(start)} → {stamp(end)}",
+        f"- **{_cell((inputs.get('last_tested') or {}).get('text') or 'Last tested: not recorded')}**",
         f"- **MemoryPlugin anchor:** `{anchor}`",
         f"- **Evidence archive:** `{archive}`",
     ]
@@ -130,6 +131,9 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
                    f"local audit line {governance.get('chain_seq')}")
     if audit_head:
         out.append(f"- **Audit chain head:** line {audit_head[0]}, sha256 `{audit_head[1]}`")
+    approved = f.capture("approval", "plan_hash")
+    if approved:
+        out.append(f"- **Approved plan hash:** `{approved}`")
     out += ["", "## Decision inputs", ""]
     triggers = inputs.get("trigger_labels") or inputs.get("triggers") or []
     out += [

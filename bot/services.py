@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy
@@ -20,6 +21,8 @@ from bot.engine import Engine, Target
 from bot.lifecycle import Status
 from bot.records import Records
 from bot.redaction import SECRET_ENV, Redactor, env_secrets
+from bot.rehearsal_jobs import Reporter, schedule_rehearsals
+from bot.rehearsal_jobs import install as install_reporter
 from bot.roles import RoleDirectory
 from bot.runbook import Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
@@ -122,6 +125,7 @@ class Services:
         """Stop background work, close transports and the store."""
         if self.clock is not None:
             await self.clock.close()
+        install_reporter(None)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -134,8 +138,10 @@ class Services:
         await self.store.close()
 
 
-async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Clock | None = None) -> Services:
-    """Open the store and transports and wire the engine to the thread publisher and the scheduler."""
+async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Clock | None = None,
+                         config_path: str | None = None) -> Services:
+    """Open the store and transports and wire the engine to the thread publisher and the scheduler
+    (with the configured rehearsals when the config file's path is known)."""
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
     store = await Store.open(config.state_db)
@@ -158,5 +164,15 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
                                   policy=policy, kick=services.kick, mention=mentions_for(config.roles))
     engine.clock_host = services.clock
+    if config_path is not None:
+        schedule_rehearsals(jobs, config, config_path)
+
+        async def post(channel: str, text: str) -> None:
+            try:
+                await client.chat_postMessage(channel=channel, text=text)
+            except SlackApiError as exc:
+                log.error("rehearsal report to %s failed: %s", channel, exc.response.get("error"))
+
+        install_reporter(Reporter(post=post, mention=mentions_for(config.roles)))
     engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
     return services

@@ -73,7 +73,8 @@ async def serve(settings: Settings, *, err: TextIO | None = None, stop: asyncio.
     if problem:
         print(f"rollback-bot serve: {problem}", file=err)
         return 1
-    services = await build_services(settings.config, client)
+    services = await build_services(settings.config, client,
+                                    config_path=str(settings.path) if settings.path else None)
     app = create_app(secrets, services)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

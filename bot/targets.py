@@ -80,6 +80,9 @@ class TargetSettings(BaseModel):
                                      description="regex of the tags that may be rolled back to")
     deployed_version: str = Field(default="", description="the bad version being rolled back (tag)")
     deploy_environment: str = "production"
+    rehearsal: Literal["allowed", "forbidden"] = Field(
+        default="forbidden", description="'allowed' marks a staging target `rollback-bot rehearse` may run the "
+                                         "whole plan against (it restores the database and restarts the app)")
 
     @model_validator(mode="after")
     def _ssh_needs_keys(self) -> TargetSettings:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
-from bot.drill.sandbox import Sandbox
 from bot.lifecycle import Status
 from bot.store import Incident, Store
 from bot.targets import TargetSettings
@@ -21,6 +21,16 @@ RESTORED_TABLES = {
     "B": ["projects", "phases", "step_progress", "user_permissions", "change_history"],
     "C": None,  # every table
 }
+
+
+class ChosenPoint(Protocol):
+    """The point a rollback goes back to, as the verdict checks it: the drill sandbox's
+    pre-deployment backup, or the backup a rehearsal chose on a staging target."""
+
+    backup_path: Path
+    backup_content_hash: dict[str, Any]
+    original_access_levels: dict[str, str]
+    deployment_keys: dict[str, set[str]]
 
 
 @dataclass
@@ -69,7 +79,7 @@ def _key(k: Any) -> str:
     return str(k)
 
 
-async def _governance_equal_but_ours(op: Any, settings: TargetSettings, sandbox: Sandbox,
+async def _governance_equal_but_ours(op: Any, settings: TargetSettings, sandbox: ChosenPoint,
                                      incident: Incident) -> bool:
     """governance_logs equals the backup's once this incident's own rollback entry is left out."""
     sql = "SELECT * FROM governance_logs ORDER BY id"
@@ -82,9 +92,9 @@ async def _governance_equal_but_ours(op: Any, settings: TargetSettings, sandbox:
 
 async def check_verdict(
     *, store: Store, incident: Incident, transport: Transport, settings: TargetSettings,
-    sandbox: Sandbox, strategy: str,
+    sandbox: ChosenPoint, strategy: str,
 ) -> Verdict:
-    """Check the outcome of a drill incident on the sandbox itself."""
+    """Check the outcome of a drill or rehearsal incident on its target itself."""
     v = Verdict()
     runs = await store.latest_runs(incident.id)
     v.checks.append(Check("incident completed", incident.status is Status.COMPLETED,
