@@ -12,6 +12,7 @@ settings: change any of them and the hash changes; nothing else does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -168,7 +169,7 @@ class Plan:
         return {"format": PLAN_FORMAT, "plan_hash": self.hash, "runbook": self.runbook_name,
                 "runbook_version": self.runbook_version, "runbook_sha256": self.runbook_sha256,
                 "target": self.target, "target_sha256": self.target_sha256, "choices": self.choices,
-                "agent_sha256": agent_sha256(),
+                "agent_sha256": _agent_sha256(),
                 "phases": [{"id": p, "title": t, "timeline": tl} for p, t, tl in self.phases],
                 "steps": [s.as_dict() for s in self.steps]}
 
@@ -206,11 +207,25 @@ def _state(step: StepBase, ctx: dict[str, Any]) -> str:
     return "runs" if cond.holds(value) else "skipped"
 
 
+@functools.cache
+def _quoted_agent() -> str:
+    return shlex.quote(agent_source())
+
+
+@functools.cache
+def _agent_sha256() -> str:
+    return agent_sha256()
+
+
 def _sqlite_sent(op: str, params: dict[str, Any], settings: TargetSettings, timeout: float) -> str:
     command, stdin = build_command(op, params, python=settings.python)
-    agent = shlex.quote(agent_source())
-    short = f"<the SQLite agent, actions/sqlite_agent.py, sha256 {agent_sha256()}>"
-    line = wrap_command(command.replace(agent, short), timeout=timeout, cwd=settings.workdir)
+    agent = _quoted_agent()
+    short = f"<the SQLite agent, actions/sqlite_agent.py, sha256 {_agent_sha256()}>"
+    # The agent follows the interpreter and its flags; compared in place (a 70 KB search is slow).
+    head = f"{shlex.quote(settings.python)} -I -c "
+    named = (head + short + command[len(head) + len(agent):]
+             if command.startswith(agent, len(head)) else command)
+    line = wrap_command(named, timeout=timeout, cwd=settings.workdir)
     return line + ("  (params on stdin)" if stdin is not None else "")
 
 

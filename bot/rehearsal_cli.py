@@ -17,7 +17,7 @@ from bot.store import Store
 def result_json(result: RehearsalResult) -> dict[str, Any]:
     """A rehearsal's result as JSON (what the scheduled job reports)."""
     return {"target": result.target, "incident_id": result.incident_id, "status": result.status.value,
-            "strategy": result.strategy, "passed": result.passed, "backup": result.backup,
+            "strategy": result.strategy, "passed": result.passed, "backup": result.backup, "root": str(result.root),
             "recovery_seconds": round(result.recovery_seconds, 2), "runbook_sha256": result.runbook_sha256,
             "data_loss_records": result.verdict.data_loss_records,
             "data_loss_detail": result.verdict.data_loss_detail,

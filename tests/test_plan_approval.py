@@ -44,6 +44,7 @@ async def test_a_runbook_change_voids_approvals_and_asks_again(h: Harness, tmp_p
     waiting = (await h.services.store.latest_runs(inc.id))["approval"].waiting or {}
     first_hash = waiting["plan_hash"]
     assert f"Plan hash:* `{first_hash[:16]}`" in _approval_text(h)
+    assert "Last tested: never" in str(h.thread()[0].blocks)  # the root message
     assert "Destructive steps:* Write the marker" in _approval_text(h)
     plans = [f for f in h.fake.files if f.filename.startswith("plan_")]
     assert len(plans) == 1 and first_hash in plans[0].text

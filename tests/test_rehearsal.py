@@ -90,6 +90,11 @@ def test_rehearsal_on_sshd_staging_passes_and_fills_last_tested(tmp_path: Path, 
             "governance row written"} <= names
     assert Path(result["backup"]).name == staging.backup_path.name
     assert result["data_loss_records"] == 0 and result["recovery_seconds"] > 0
+    # The report and the governance record carry "Last tested" (none passed before this one).
+    [report] = Path(result["root"]).glob("evidence/*/report.md")
+    assert "Last tested: never" in report.read_text()
+    [record] = Path(result["root"]).glob("evidence/*/governance_record.json")
+    assert json.loads(record.read_text())["details"]["last_tested"]["text"].startswith("Last tested: never")
 
     async def tested(runbook_text: str) -> tuple[dict[str, Any], int]:
         store = await Store.open(str(tmp_path / "state" / "state.db"))
