@@ -689,11 +689,16 @@ class Engine:
             await self._stop(inc, "failure", Event.FAIL, actor=None,
                              data={"step": step.id, "error": error, "reason": f"{step.title} failed: {error}"})
             return "end"
-        await self.store.end_step(
-            run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status, **extra,
-            waiting={"kind": "failure", "prompt": f"{step.title} failed", "error": error,
-                     "options": _opts(self._answers(step)["failure"])},
-        )
+        waiting: dict[str, Any] = {"kind": "failure", "prompt": f"{step.title} failed", "error": error,
+                                   "options": _opts(self._answers(step)["failure"])}
+        if step.destructive:  # Retry's confirm dialog shows what runs again, rendered
+            settings = self._target(inc, step).settings
+            [preview] = confirm_previews(self.runbook, settings, await self.context(inc.id), step.id, [None],
+                                         redact=self.redact, including=True)
+            if preview:
+                waiting["confirm"] = preview
+        await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
+                                  exit_status=exit_status, **extra, waiting=waiting)
         return "wait"
 
     def _answers(self, step: StepBase) -> dict[str, tuple[str, ...]]:

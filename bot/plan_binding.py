@@ -77,12 +77,15 @@ def one_line(step: PlannedStep) -> str:
 
 
 def confirm_previews(runbook: Runbook, settings: TargetSettings, ctx: Mapping[str, Any], step_id: str,
-                     values: list[str | None], *, redact: Callable[[str], str]) -> list[str]:
+                     values: list[str | None], *, redact: Callable[[str], str], including: bool = False) -> list[str]:
     """For each value a choice offers (None: not known yet), the destructive steps that follow,
-    rendered with that value; '' when no destructive step would run."""
+    rendered with that value ('' when none would run); ``including``: the step itself (a retry)."""
     later: list[tuple[Any, Any]] = []
     seen = False
     for phase, step in runbook.steps():
+        if including and step.id == step_id:
+            later = [(phase, step)]
+            break
         if seen and step.destructive:
             later.append((phase, step))
         seen = seen or step.id == step_id

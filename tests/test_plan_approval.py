@@ -146,3 +146,33 @@ async def test_a_target_setting_changed_after_approval_voids_it_before_the_first
     finally:
         await engine.aclose()
         await store.close()
+
+
+async def test_retry_of_a_failed_destructive_step_confirms_its_rendered_command(tmp_path: Path) -> None:
+    runbook = parse_runbook(textwrap.dedent("""\
+        name: retry
+        phases:
+          - id: p
+            title: P
+            steps:
+              - {id: pick, title: Pick, kind: choice, prompt: Which, options: [{value: "v1", label: V1}]}
+              - {id: write, title: Write, kind: command, idempotent: true, destructive: true,
+                 run: "echo {{ choices.pick }} > out.txt; test -f ok.flag"}
+        """))
+    settings = TargetSettings(name="t1", transport="local", workdir=str(tmp_path))
+    store = await Store.open(str(tmp_path / "state.db"))
+    engine = Engine(store, runbook, {"t1": Target.open(settings)}, artifacts_dir=tmp_path / "artifacts")
+    try:
+        inc = await store.create_incident(target="t1", runbook="retry", requester="U0REQ", reason="r")
+        await engine.run(inc.id)
+        run = (await store.latest_runs(inc.id))["pick"]
+        assert run.waiting is not None
+        assert run.waiting["options"][0]["confirm"] == "Write: echo v1 > out.txt; test -f ok.flag"
+        await engine.answer(inc.id, "pick", "v1", user="U0IC")
+        await engine.run(inc.id)
+        failed = (await store.latest_runs(inc.id))["write"]
+        assert failed.waiting is not None and failed.waiting["kind"] == "failure"
+        assert failed.waiting["confirm"] == "Write: echo v1 > out.txt; test -f ok.flag"
+    finally:
+        await engine.aclose()
+        await store.close()
