@@ -122,7 +122,7 @@ async def _check_thread(fake: SlackFake, services: Any, incident_id: str, strate
     restoration = next(m for m in thread if "*Phase 3: Database Restoration*" in str(m.blocks))
     facts = {"A": "restored: ", "C": "restored_from: "}[strategy]
     assert facts in str(restoration.blocks), str(restoration.blocks)[:500]
-    backup_phase = next(m for m in thread if "Phase 2: Database State Assessment" in str(m.blocks))
+    backup_phase = next(m for m in thread if "*Phase 2: Database State Assessment" in str(m.blocks))
     assert "file_sha256" in str(backup_phase.blocks)
     # Milestones broadcast to the channel.
     broadcast = " ".join(str(m.blocks) for m in thread if m.reply_broadcast)
