@@ -116,7 +116,8 @@ class PlannedStep:
     step_id: str
     kind: str
     title: str
-    #: ``runs``, ``branch`` (selected by a choice made during the run) or ``skipped``.
+    #: ``runs``, ``branch`` (selected by a choice made during the run), ``skipped``, or
+    #: ``compensation`` (runs only when the run stops half-way).
     state: str
     when: str | None
     destructive: bool
@@ -161,8 +162,8 @@ class Plan:
 
     @property
     def destructive(self) -> list[PlannedStep]:
-        """Destructive steps that may run (skipped branches left out)."""
-        return [s for s in self.steps if s.destructive and s.state != "skipped"]
+        """Destructive steps that may run (skipped branches and the compensation left out)."""
+        return [s for s in self.steps if s.destructive and s.state not in ("skipped", "compensation")]
 
     def as_json(self) -> dict[str, Any]:
         """The whole plan as JSON, with its hash."""
@@ -312,7 +313,14 @@ def build_plan(runbook: Runbook, settings: TargetSettings, *, runbook_text: str 
     ctx = ctx if ctx is not None else plan_context(settings)
     steps = [plan_step(phase, step, ctx, settings, policies=policies, options=options, redact=redact)
              for phase, step in runbook.steps()]
+    # The compensation runs only when a run stops half-way; approvers see it too.
+    compensation = runbook.compensation
+    for step in compensation.steps if compensation is not None else []:
+        assert compensation is not None
+        planned = plan_step(compensation, step, ctx, settings, policies=policies, options=options, redact=redact)
+        planned.state = "compensation"
+        steps.append(planned)
     choices = {k: str(v) for k, v in ctx["choices"].known.items()} if isinstance(ctx["choices"], Pending) else {}
     return Plan(runbook.name, runbook.version, settings.name, runbook_sha256(runbook, runbook_text),
                 sha256_text(_canonical(settings.model_dump(mode="json"))), choices, steps,
-                [(p.id, p.title, p.timeline) for p in runbook.phases], settings_digests(settings))
+                [(p.id, p.title, p.timeline) for p in runbook.all_phases()], settings_digests(settings))

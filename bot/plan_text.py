@@ -28,6 +28,9 @@ def _flags(s: PlannedStep) -> str:
 def _state_line(s: PlannedStep) -> str | None:
     if s.state == "branch":
         return f"_Branch: runs only when `{s.when}` (decided during the run)._"
+    if s.state == "compensation":
+        return "_Compensation: runs only when the run stops half-way (abort or failure)" + (
+            f", when `{s.when}`" if s.when else "") + "._"
     if s.state == "skipped":
         return f"_Skipped: `{s.when}` does not hold for the given values._"
     if s.when:
@@ -111,7 +114,8 @@ def markdown(plan: Plan) -> str:
 
 def summary_lines(plan: Plan) -> list[str]:
     """The approval message's short summary: target, phases, destructive steps, hash."""
-    lines = [f"*Plan* for `{plan.target}`: {len([s for s in plan.steps if s.state != 'skipped'])} steps in "
+    count = len([s for s in plan.steps if s.state in ("runs", "branch")])
+    lines = [f"*Plan* for `{plan.target}`: {count} steps in "
              f"{len(plan.phases)} phases — " + ", ".join(t for _, t, _ in plan.phases)]
     destructive = plan.destructive
     if destructive:

@@ -73,7 +73,9 @@ def test_plan_renders_every_step_for_each_strategy(tmp_path: Path, sshd_target: 
     config = _config(tmp_path, sshd_target, work, pm_restart="pm2 restart app --api-token=s3cr3t-value-x")
     plan = _json_plan(config, "--strategy", strategy, "--probe")
     rb = default_runbook()
-    assert [s["id"] for s in plan["steps"]] == [s.id for _, s in rb.steps()]
+    compensation = [s.id for s in rb.compensation.steps] if rb.compensation else []
+    assert [s["id"] for s in plan["steps"]] == [s.id for _, s in rb.steps()] + compensation
+    assert all(s["state"] == "compensation" for s in plan["steps"][len(plan["steps"]) - len(compensation):])
     by_id = {s["id"]: s for s in plan["steps"]}
     assert not [s["id"] for s in plan["steps"] if "error" in s]
     # The chosen strategy's destructive step runs; the others' are skipped.
