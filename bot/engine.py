@@ -40,6 +40,7 @@ from bot.lifecycle import FINAL, Event, Status, StepStatus
 from bot.plan import Plan
 from bot.plan_binding import binding_fields, binding_plan, confirm_previews, describe_change
 from bot.plan_text import markdown as plan_markdown
+from bot.preflight import PreflightFailed, failure_message, findings_result, report, run_preflight
 from bot.record_steps import RECORD_STEPS, RecordContext, release_options
 from bot.record_steps import perform as perform_record
 from bot.records import Records, RecordsConfig
@@ -52,6 +53,7 @@ from bot.runbook import (
     HttpStep,
     ManualStep,
     Phase,
+    PreflightStep,
     Runbook,
     SqliteStep,
     StabilityStep,
@@ -178,6 +180,10 @@ class Engine:
         self.clock_host = clock_host
         #: Hides secrets in what the target prints before it is stored, posted or uploaded.
         self.redact = redact or Redactor(values=env_secrets())
+        #: Set by ``stop``: no new step starts.
+        self.stopping = False
+        #: Machine steps running now, by run id: (incident id, step).
+        self._in_flight: dict[int, tuple[str, StepBase]] = {}
 
     # ------------------------------------------------------------ public API
 
@@ -359,6 +365,8 @@ class Engine:
                 latest = await self.store.latest_runs(incident_id)
             if _settled(latest.get(step.id)):
                 continue  # done, skipped or failed-and-continued: nothing to read or show again
+            if self.stopping:
+                return await self.store.incident(incident_id)
             inc = await self.store.incident(incident_id)
             if inc.status in FINAL:
                 return inc
@@ -462,16 +470,7 @@ class Engine:
                 return "next"
             if st is StepStatus.RUNNING:
                 # The bot died while this step ran: its outcome is unknown.
-                if step.is_idempotent and not step.needs_person:
-                    await self.store.end_step(latest.id, StepStatus.INTERRUPTED,
-                                              error="bot restarted while the step ran; re-running")
-                else:
-                    await self.store.end_step(
-                        latest.id, StepStatus.INTERRUPTED,
-                        error="bot restarted while the step ran; it may have run",
-                        waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot restarted",
-                                 "options": _opts(self._answers(step)["resume"])},
-                    )
+                if await self._interrupted(latest, step, "bot restarted while the step ran") == "wait":
                     return "wait"
             elif latest.waiting is not None:
                 if isinstance(step, ApprovalStep):
@@ -502,6 +501,35 @@ class Engine:
         if step.has_side_effect and await self._plan_changed_since_approval(inc, runs):
             return "wait"
         return await self._execute(inc, phase, step, ctx)
+
+    async def _interrupted(self, run: StepRun, step: StepBase, why: str) -> str:
+        """Journal a step cut off while it ran: re-run next if idempotent ('next'), else ask ('wait')."""
+        if step.is_idempotent and not step.needs_person:
+            await self.store.end_step(run.id, StepStatus.INTERRUPTED, error=f"{why}; re-running")
+            return "next"
+        await self.store.end_step(
+            run.id, StepStatus.INTERRUPTED, error=f"{why}; it may have run",
+            waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot stopped",
+                     "options": _opts(self._answers(step)["resume"])},
+        )
+        return "wait"
+
+    async def stop(self, why: str) -> list[str]:
+        """Start no new step; journal each step cut off by the stop as interrupted (it resumes as
+        after a crash). Call after the incidents' tasks were cancelled; returns the step ids."""
+        self.stopping = True
+        stopped = []
+        for run_id, (incident_id, step) in list(self._in_flight.items()):
+            latest = (await self.store.latest_runs(incident_id)).get(step.id)
+            if latest is None or latest.id != run_id or latest.status is not StepStatus.RUNNING:
+                continue
+            if await self._interrupted(latest, step, why) == "wait":
+                inc = await self.store.incident(incident_id)
+                if inc.status is Status.RUNNING:
+                    await self.store.apply(incident_id, Event.WAIT, data={"step": step.id})
+            stopped.append(step.id)
+        self._in_flight.clear()
+        return stopped
 
     async def _apply_answer(self, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
         assert run.answer is not None and run.waiting is not None
@@ -651,6 +679,8 @@ class Engine:
             return await timed_steps.begin(self, inc, phase, step, ctx)
         # A machine step: the attempt is committed before its side effect begins.
         run = await self.store.begin_step(inc.id, step.id, phase.id)
+        # Until it ends, a stop of the bot journals this step as interrupted (see ``stop``).
+        self._in_flight[run.id] = (inc.id, step)
         await self._changed(inc.id, audit=False)
         started = time.monotonic()
         try:
@@ -659,7 +689,9 @@ class Engine:
             if "failed_hosts" in result:  # a host group: every host's result stays with the step
                 captures.update(hosts=result["hosts"], failed_hosts=result["failed_hosts"])
         except (ActionError, TemplateError) as exc:
+            self._in_flight.pop(run.id, None)
             return await self._failed(inc, step, run, exc)
+        self._in_flight.pop(run.id, None)
         tail = output[-TAIL_CHARS:]
         await self.store.end_step(
             run.id, StepStatus.DONE, captures=captures, output_tail=tail,
@@ -670,7 +702,7 @@ class Engine:
 
     async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
         out = ""
-        if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed):
+        if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed | PreflightFailed):
             out = self.redact(exc.stdout + exc.stderr)[-TAIL_CHARS:]
         error = self.redact(f"{type(exc).__name__}: {exc}")
         exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
@@ -690,7 +722,9 @@ class Engine:
                              data={"step": step.id, "error": error, "reason": f"{step.title} failed: {error}"})
             return "end"
         waiting: dict[str, Any] = {"kind": "failure", "prompt": f"{step.title} failed", "error": error,
-                                   "options": _opts(self._answers(step)["failure"])}
+                                   # A failed preflight is fixed on the target and retried, never skipped.
+                                   "options": _opts(("retry", "abort") if isinstance(step, PreflightStep)
+                                                    else self._answers(step)["failure"])}
         if step.destructive:  # Retry's confirm dialog shows what runs again, rendered
             settings = self._target(inc, step).settings
             [preview] = confirm_previews(self.runbook, settings, await self.context(inc.id), step.id, [None],
@@ -781,6 +815,15 @@ class Engine:
                 raise SqliteOpFailed(f"sqlite {step.op} of {params['db']} found problems (ok: false)",
                                      op=step.op, detail=text[-TAIL_CHARS:])
             return out, text
+        if isinstance(step, PreflightStep):
+            findings = await run_preflight(target.settings, target.transport, http=self.http, timeout=step.timeout,
+                                           hosts=target.hosts or None)
+            text = report(findings)
+            await self._artifact(inc, step, "log", text, attempt)
+            result = findings_result(findings)
+            if result["failed"]:
+                raise PreflightFailed(self.redact(failure_message(findings)), findings=findings)
+            return result, text
         if isinstance(step, RECORD_STEPS):
             return await perform_record(self._record_context(inc, step), inc, step, ctx)
         raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How long a Slack request id is remembered to drop Slack's retries of it.
 DEDUPE_SECONDS = 600.0
+#: Longest wait for running work, and for SSH connections to close, when the bot stops.
+CLOSE_SECONDS = 3.0
 
 
 @dataclass
@@ -121,18 +123,26 @@ class Services:
         """Let the engine go on with an incident (scheduled jobs call this)."""
         self.run_incident(incident_id)
 
-    async def close(self) -> None:
-        """Stop background work, close transports and the store."""
+    async def close(self, why: str = "bot stopped") -> None:
+        """Stop background work (no new step starts; a running one is journaled as interrupted and
+        resumes as after a crash), close SSH connections and the store, in a few seconds at most."""
+        self.engine.stopping = True
         if self.clock is not None:
             await self.clock.close()
         install_reporter(None)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_SECONDS)
+        stopped = await self.engine.stop(why)
+        if stopped:
+            log.info("interrupted by the stop, resumed at the next start: %s", ", ".join(stopped))
         await self.publisher.close()
-        for target in self.targets.values():
-            await target.close()
+        closing = [asyncio.create_task(t.close()) for t in self.targets.values()]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=CLOSE_SECONDS)
+            for task in late:
+                task.cancel()
         await self.engine.aclose()
         await self.engine.audit.flush()
         await self.store.close()
