@@ -1,45 +1,31 @@
-"""``rollback-bot check``: config, runbook, SSH to every target, and the Slack token.
+"""``rollback-bot check``: is everything ready before the first incident?
 
-Every problem is printed with the key it is about; the exit status is 0 only when
-there are none.
+Sections, each a function from the settings to problem lines (``key: reason``), run in
+``SECTIONS`` order: the config (runbook, roles, every path setting), each target (the
+preflight the default runbook runs first, see ``bot.preflight``), and Slack (bot token and its
+granted scopes against the manifest's, app token, the bot in each configured channel, user
+groups). The exit status is 0 only when no section found a problem.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from actions.errors import ActionError
+import httpx
+
 from bot.config import ConfigError, Settings, load_settings
+from bot.preflight import run_preflight
 from bot.runbook import ApprovalStep, Runbook, RunbookError, default_runbook, load_runbook
-from bot.targets import open_transport
+from bot.targets import open_transport, open_transports
+
+Section = Callable[[Settings], Awaitable[list[str]]]
 
 
-async def _check_target(index: int, settings: Settings) -> str | None:
-    target = settings.config.targets[index]
-    key = f"targets[{index}] ({target.name})"
-    transport = open_transport(target)
-    try:
-        res = await transport.run(f"test -d {_quote(target.workdir)} && echo ok", timeout=target.connect_timeout + 10)
-    except ActionError as exc:
-        return f"{key}: {target.transport} to {target.user}@{target.host}:{target.port} failed: " \
-               f"{type(exc).__name__}: {exc}"
-    except OSError as exc:
-        return f"{key}: cannot reach {target.host}:{target.port}: {exc}"
-    finally:
-        await transport.close()
-    if res.exit_status != 0:
-        return f"{key}.workdir: {target.workdir!r} is not a directory on the target"
-    return None
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
-    """Every problem found, one ``key: reason`` line each."""
+async def config_problems(settings: Settings) -> list[str]:
+    """The runbook loads and fits the config, somebody holds a role, every path setting is usable."""
     problems: list[str] = []
     cfg = settings.config
     runbook: Runbook | None = None
@@ -58,21 +44,63 @@ async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
                 problems.append(f"runbook: step {step.id!r} names target {step.target!r}, which is not in targets")
     if not any(m.users or m.groups for m in cfg.roles.values()):
         problems.append("roles: nobody holds a role; no approval could ever count")
-    results = await asyncio.gather(*(_check_target(i, settings) for i in range(len(cfg.targets))))
-    problems += [r for r in results if r]
-    if slack:
-        from bot.slack_client import make_client, verify_token
+    problems += cfg.path_problems()
+    return problems
 
-        client = make_client(settings.secrets)
-        problem = await verify_token(client)
+
+async def target_problems(settings: Settings) -> list[str]:
+    """Each target's preflight: one line per failed check, naming the target and the check."""
+    async with httpx.AsyncClient() as http:
+        results = await asyncio.gather(*(_preflight(i, settings, http) for i in range(len(settings.config.targets))))
+    return [line for lines in results for line in lines]
+
+
+async def _preflight(index: int, settings: Settings, http: httpx.AsyncClient) -> list[str]:
+    target = settings.config.targets[index]
+    key = f"targets[{index}] ({target.name})"
+    hosts = open_transports(target) if target.is_group else {}
+    transport = next(iter(hosts.values())) if hosts else open_transport(target)
+    try:
+        findings = await run_preflight(target, transport, http=http, hosts=hosts or None)
+    finally:
+        for t in {id(t): t for t in (transport, *hosts.values())}.values():
+            await t.close()
+    return [f"{key}: preflight {f.check}: {f.detail}" for f in findings if f.ok is False]
+
+
+async def slack_problems(settings: Settings) -> list[str]:
+    """Tokens (bot by auth.test, app by apps.connections.open), scopes, channel membership, user groups."""
+    from bot.roles import RoleDirectory
+    from bot.slack_client import channel_problems, make_client, scope_problems, verify_app_token, verify_token
+
+    problems = list(settings.secrets.problems())
+    if any(p.startswith("SLACK_BOT_TOKEN") for p in problems):
+        return problems
+    client = make_client(settings.secrets)
+    problem = await verify_token(client)
+    if problem:
+        return [*problems, problem]
+    problems += await scope_problems(client)
+    app_token = settings.secrets.slack_app_token
+    if settings.secrets.socket_mode and app_token is not None:
+        problem = await verify_app_token(client, app_token.get_secret_value())
         if problem:
             problems.append(problem)
-        else:
-            from bot.roles import RoleDirectory
+    problems += await channel_problems(client, settings.config.slack.channels)
+    # User groups (by id or handle) must resolve, or their members could never approve.
+    problems += await RoleDirectory(settings.config.roles, client).warm()
+    return problems
 
-            # User groups (by id or handle) must resolve, or their members could never approve.
-            problems += await RoleDirectory(cfg.roles, client).warm()
-        problems += settings.secrets.problems()
+
+#: What ``check`` looks at, in order; ``slack`` is left out by ``run_checks(slack=False)``.
+SECTIONS: dict[str, Section] = {"config": config_problems, "targets": target_problems, "slack": slack_problems}
+
+
+async def run_checks(settings: Settings, *, slack: bool = True) -> list[str]:
+    """Every problem found, one ``key: reason`` line each."""
+    names = [name for name in SECTIONS if slack or name != "slack"]
+    results = await asyncio.gather(*(SECTIONS[name](settings) for name in names))
+    problems = [p for lines in results for p in lines]
     return sorted(set(problems), key=problems.index)
 
 

@@ -438,9 +438,17 @@ class NotifyStep(StepBase):
         return value_refs(self.text)
 
 
+class PreflightStep(StepBase):
+    """Is the target ready? SSH and the pinned host key, workdir, env file, Python, free disk,
+    database, backups, app and health, each reported; reads only, changes nothing."""
+
+    kind: Literal["preflight"]
+    timeout: float = Field(900, gt=0, le=24 * 3600)
+
+
 Step = Annotated[
     CommandStep | HttpStep | SqliteStep | ChoiceStep | ManualStep | ApprovalStep | WaitStep | StabilityStep
-    | WindowStep | GithubWorkflowStep | GovernanceStep | EvidenceStep | ReportStep | NotifyStep,
+    | WindowStep | GithubWorkflowStep | GovernanceStep | EvidenceStep | ReportStep | NotifyStep | PreflightStep,
     Field(discriminator="kind"),
 ]
 
