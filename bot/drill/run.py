@@ -193,7 +193,13 @@ def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
 
 def drill_main(args: Any) -> int:
     """Entry point of ``rollback-bot drill``; exit 0 only on a passing verdict."""
+    from bot.drill.sshd import SshdUnavailable, sshd_missing
+
     out = sys.stdout
+    missing = sshd_missing() if args.ssh else None
+    if missing:
+        print(f"rollback-bot drill: --ssh needs OpenSSH's sshd on this machine: {missing}", file=sys.stderr)
+        return 3
     runbook = None
     if getattr(args, "runbook", None):
         from bot.runbook import RunbookError, load_runbook
@@ -210,5 +216,9 @@ def drill_main(args: Any) -> int:
     except DrillError as exc:
         out.write(f"\nDRILL FAILED: {exc}\n")
         return 1
+    except SshdUnavailable as exc:
+        reason = " ".join(str(exc).split())[:300]
+        print(f"rollback-bot drill: --ssh needs OpenSSH's sshd on this machine: {reason}", file=sys.stderr)
+        return 3
     print_result(result, out, kept=args.keep)
     return 0 if result.verdict.passed and result.status is Status.COMPLETED else 1
