@@ -167,8 +167,3 @@ def path_problems(*, state_db: str, jobs_db: str | None, artifacts_dir: Path, re
             out.append(f"runbook: {problem}")
     return out
 
-
-def prepare_dirs(*folders: Path) -> None:
-    """Create the folders the bot writes in (after ``path_problems`` found none)."""
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
