@@ -50,6 +50,7 @@ class Image:
     uid: int
     gid: int
     python: list[str]
+    pythonpath: str
 
     def as_user(self) -> list[str]:
         """The command prefix that runs as the image's user."""
@@ -58,8 +59,7 @@ class Image:
     def env(self, fake: SlackFake, **extra: str) -> dict[str, str]:
         """The container's environment: the Dockerfile's ENV and what ``docker run -e`` passes."""
         keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
-        pythonpath = os.pathsep.join([str(self.app), *site.getsitepackages()])
-        return {**keep, "HOME": str(self.state), "PYTHONPATH": pythonpath,
+        return {**keep, "HOME": str(self.state), "PYTHONPATH": self.pythonpath,
                 "ROLLBACK_BOT_CONFIG": str(self.etc / "bot.yml"), "ROLLBACK_BOT_STATE_DIR": str(self.state),
                 "SLACK_BOT_TOKEN": fake.bot_token, "SLACK_API_URL": fake.base_url, **extra}
 
@@ -105,11 +105,23 @@ def image() -> Iterator[Image]:
         candidates = [[sys.executable], [f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"]]
         python = next((c for c in candidates if _runnable(prefix, c, pythonpath)), None)
         if python is None:
+            # The packages live where the user cannot read them (a clone under /root): copy them
+            # into the image, as the Dockerfile's pip install puts them there.
+            packages = root / "site-packages"
+            for source in site.getsitepackages():
+                shutil.copytree(source, packages, dirs_exist_ok=True, symlinks=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "mypy", "mypyc", "ruff*", "hypothesis"))
+            for folder in (packages, *packages.rglob("*")):
+                if folder.is_dir():
+                    folder.chmod(0o755)
+            pythonpath = os.pathsep.join([str(app), str(packages)])
+            python = next((c for c in candidates if _runnable(prefix, c, pythonpath)), None)
+        if python is None:
             reason = f"no Python that {USER} can run with this environment's packages"
             if os.environ.get("CI"):
                 pytest.fail(reason)
             pytest.skip(reason)
-        yield Image(root, app, etc, state, secrets, user.pw_uid, user.pw_gid, python)
+        yield Image(root, app, etc, state, secrets, user.pw_uid, user.pw_gid, python, pythonpath)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
