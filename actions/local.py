@@ -14,6 +14,9 @@ from pathlib import Path
 from actions.shellsession import SHELL_ARGV, SHELL_START_TIMEOUT, SessionPool, ShellSession
 from actions.transport import OutputSink, ShellResult
 
+#: How long (in 10 ms polls) a killed shell may take to be reaped.
+_REAP_POLLS = 500
+
 
 class LocalTransport:
     """Runs commands with bash on this machine; ``root`` is the shells' working directory."""
@@ -47,7 +50,15 @@ class LocalTransport:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-            await proc.wait()
+            # ``proc.wait()`` also waits for the pipes, which a command still running under
+            # its `timeout` holds open: wait for the shell itself, then let go of the pipes.
+            for _ in range(_REAP_POLLS):
+                if proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.01)
+            pipes = getattr(proc, "_transport", None)
+            if pipes is not None:
+                pipes.close()
 
         session = ShellSession(
             name=self.name,

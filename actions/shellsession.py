@@ -92,6 +92,12 @@ def _trailer(marker: str) -> str:
     return f"__rc=$?; printf '\\n{marker} %d\\n' \"$__rc\"; printf '\\n{marker}\\n' >&2"
 
 
+def wrap_command(command: str, *, timeout: float, cwd: str | None = None) -> str:
+    """The line that runs ``command`` on the target: in ``cwd``, under a server-side ``timeout -k``."""
+    step = f"timeout -k {KILL_AFTER} {_seconds(timeout)} bash --norc --noprofile -c {shlex.quote(command)}"
+    return f"cd -- {shlex.quote(cwd)} && {step}" if cwd is not None else step
+
+
 def build_script(command: str, *, timeout: float, marker: str, cwd: str | None = None, stdin: str | None = None) -> str:
     """The text written to the shell to run ``command`` once and print ``marker`` after it."""
     if timeout <= 0:
@@ -102,9 +108,7 @@ def build_script(command: str, *, timeout: float, marker: str, cwd: str | None =
     if len(command.encode()) > MAX_COMMAND_BYTES:
         raise ValueError(f"command is longer than {MAX_COMMAND_BYTES} bytes; pass data via stdin")
 
-    step = f"timeout -k {KILL_AFTER} {_seconds(timeout)} bash --norc --noprofile -c {shlex.quote(command)}"
-    if cwd is not None:
-        step = f"cd -- {shlex.quote(cwd)} && {step}"
+    step = wrap_command(command, timeout=timeout, cwd=cwd)
     trailer = _trailer(marker)
     if stdin is None:
         return f"( {step} ) </dev/null; {trailer}\n"

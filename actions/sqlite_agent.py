@@ -37,6 +37,7 @@ import marshal
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import sys
@@ -75,6 +76,12 @@ HISTORY_COLUMNS = ("id", "table_name", "record_id", "operation", "old_values", "
 Params = dict[str, Any]
 Result = dict[str, Any]
 
+#: Fault injection for the proofs, inert unless set: "N:LOG" makes the agent SIGKILL itself at
+#: the N-th write point it reaches (0: never; "N:LOG:hold" waits there to be killed instead),
+#: appending what happened to LOG. Write points: inside every write transaction (a progress
+#: handler) and between the file steps of a restore.
+KILL_HOOK_ENV = "ROLLBACK_AGENT_KILL"
+
 
 class OpError(Exception):
     """An operation refused or failed; ``kind`` says why in one word, ``details`` shows it."""
@@ -83,6 +90,48 @@ class OpError(Exception):
         super().__init__(message)
         self.kind = kind
         self.details = details
+
+
+# ---------------------------------------------------------------------------- kill hook
+
+
+class _KillHook:
+    """Counts write points; kills (or holds) the process at the chosen one."""
+
+    def __init__(self, spec: str) -> None:
+        at, _, rest = spec.partition(":")
+        self.log, _, mode = rest.partition(":")
+        self.at = int(at)
+        self.hold = mode == "hold"
+        self.count = 0
+
+    def note(self, line: str) -> None:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {line}\n")
+
+    def point(self, name: str) -> int:
+        self.count += 1
+        if self.count == self.at:
+            self.note(f"{'held' if self.hold else 'killed'} {self.count} {name}")
+            while self.hold:
+                time.sleep(1)  # until the test kills this process
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+
+_HOOK = _KillHook(os.environ[KILL_HOOK_ENV]) if os.environ.get(KILL_HOOK_ENV) else None
+
+
+def _kill_point(name: str) -> None:
+    if _HOOK is not None:
+        _HOOK.point(name)
+
+
+def _watch(conn: sqlite3.Connection) -> None:
+    """Make every ~20 SQLite VM steps of ``conn`` a write point (only with the kill hook)."""
+    if _HOOK is not None:
+        hook = _HOOK
+        conn.set_progress_handler(lambda: hook.point("sql"), 20)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -175,14 +224,47 @@ def _uri(path: str, mode: str, immutable: bool) -> str:
 def connect(
     path: str, mode: str = "ro", *, immutable: bool = False, timeout: float = BUSY_TIMEOUT
 ) -> sqlite3.Connection:
-    """Open an existing database (never creates one); ``mode`` is "ro" or "rw"."""
+    """Open an existing database (never creates one); ``mode`` is "ro" or "rw".
+
+    A read-only open of a database a killed writer left with a hot journal or WAL fails
+    with "attempt to write a readonly database" (recovery writes): recover it first.
+    """
     _existing(path)
     conn = sqlite3.connect(
         _uri(path, mode, immutable), uri=True, timeout=timeout, isolation_level=None
     )
+    if mode == "ro" and not immutable:
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                return conn  # the caller's first statement says what is wrong, as before
+            conn.close()
+            _recover(path, timeout, exc)
+            conn = sqlite3.connect(
+                _uri(path, mode, False), uri=True, timeout=timeout, isolation_level=None
+            )
+        except sqlite3.DatabaseError:
+            return conn
     if mode == "ro" or immutable:
         conn.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
     return conn
+
+
+def _recover(path: str, timeout: float, why: Exception) -> None:
+    """Roll back a hot journal (or rebuild a WAL's index) with a read-write open."""
+    try:
+        rw = sqlite3.connect(_uri(path, "rw", False), uri=True, timeout=timeout)
+        try:
+            rw.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            rw.close()
+    except sqlite3.Error as exc:
+        raise OpError(
+            f"database {path} was left mid-write by a killed writer and needs recovery, "
+            f"which needs write access: {exc} (read-only open: {why})",
+            "needs_recovery",
+        ) from None
 
 
 def _existing(path: str) -> str:
@@ -682,6 +764,7 @@ def op_backup(p: Params) -> Result:
         partial = dest + ".partial"
         try:
             _snapshot_to(src, partial)
+            _kill_point("backup:partial")
             _publish(partial, dest)
         except BaseException:
             _unlink(partial)
@@ -816,6 +899,7 @@ def _copy_live(db: str, folder: str) -> Result:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 )
             _snapshot_to(conn, dest + ".partial")
+            _kill_point("restore:live_copy_partial")
             _publish(dest + ".partial", dest)
             out["method"] = "backup_api"
         except sqlite3.DatabaseError as exc:  # too damaged to read: keep the raw files
@@ -847,6 +931,7 @@ def _prepare_temp(backup: str, tmp: str, expected: Result, full: bool) -> Result
     else:
         shutil.copyfile(backup, tmp)
         _fsync_file(tmp)
+    _kill_point("restore:temp_copy")
     if full:
         checked = verify_file(tmp, immutable=True)
         if not checked["ok"] or checked["content_hash"] != expected["content_hash"]:
@@ -998,14 +1083,21 @@ def op_restore(p: Params) -> Result:
             corrupted = copy_job.get() if copy_job else None
         out["corrupted_copy"] = corrupted["path"] if corrupted else None
         out["corrupted"] = corrupted
+        _kill_point("restore:copied")
 
         # (4) nobody else may hold the live db; then drop its stale files and swap.
         put_back = _release_live(db) if live_exists else None
+        _kill_point("restore:released")
         try:
             if live_exists:
                 _refuse_if_held(db)
-            removed = [s for s in ("-wal", "-shm", "-journal") if _unlink(db + s)]
+            removed = []
+            for suffix in ("-wal", "-shm", "-journal"):
+                if _unlink(db + suffix):
+                    removed.append(suffix)
+                    _kill_point("restore:removed" + suffix)
             os.replace(tmp, db)
+            _kill_point("restore:replaced")
         except BaseException:
             if put_back and os.path.exists(db):
                 _set_journal_mode(db, put_back)  # the live db is as it was
@@ -1022,6 +1114,7 @@ def op_restore(p: Params) -> Result:
         out["journal_mode"] = str(
             conn.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0]
         ).lower()
+        _kill_point("restore:journal_mode")
         out["quick_check"] = [r[0] for r in conn.execute("PRAGMA quick_check(10)")]
         out["foreign_key_violations"] = len(_fk_violations(conn))
     finally:
@@ -1109,6 +1202,7 @@ def op_restrict_access(p: Params) -> Result:
         role = TableInfo(conn, table).column(_str(p, "role_column", "role"), "role column")
         t, k, c, r = qi(table), qi(key), qi(column), qi(role)
         conn.execute("BEGIN IMMEDIATE")  # nobody adds a row between snapshot and update
+        _watch(conn)
         try:
             log, log_before = _own_log(conn, p)
             rows = conn.execute(f"SELECT {k}, {c} FROM {t} ORDER BY {k}").fetchall()
@@ -1145,6 +1239,7 @@ def op_restrict_access(p: Params) -> Result:
                     "rows": [[to_json(v) for v in row] for row in rows],
                 }
                 _write_json_atomic(snapshot, doc)
+            _kill_point("restrict:snapshot_saved")
             marks = ", ".join("?" for _ in exempt)
             cur = conn.execute(
                 f"UPDATE {t} SET {c} = ? WHERE {r} IS NULL OR {r} NOT IN ({marks})",
@@ -1183,6 +1278,7 @@ def op_restore_access(p: Params) -> Result:
         t, k, c = qi(table), qi(key), qi(column)
         restored, missing, changed = 0, [], 0
         conn.execute("BEGIN IMMEDIATE")
+        _watch(conn)
         try:
             log, log_before = _own_log(conn, p)
             # Levels a strategy put back under the restriction (the ledger) win over the
@@ -1231,7 +1327,10 @@ def op_restore_access(p: Params) -> Result:
 def _attach(conn: sqlite3.Connection, path: str, alias: str = "other") -> None:
     if not os.path.isfile(path):
         raise OpError(f"database not found: {path}", "not_found")
-    conn.execute(f"ATTACH DATABASE ? AS {qi(alias)}", (_uri(path, "ro", not _has_wal(path)),))
+    if os.path.exists(path + "-journal"):  # maybe hot: roll it back before reading
+        connect(path, "ro").close()
+    quiet = not _has_wal(path) and not os.path.exists(path + "-journal")
+    conn.execute(f"ATTACH DATABASE ? AS {qi(alias)}", (_uri(path, "ro", quiet),))
 
 
 def _key_columns(info: TableInfo, spec: Any) -> list[str]:
@@ -1374,6 +1473,7 @@ def op_selective_restore(p: Params) -> Result:
             if table.lower() not in in_backup:
                 raise OpError(f"table {table!r} is not in the backup {backup}", "bad_table")
         conn.execute("BEGIN IMMEDIATE")
+        _watch(conn)
         try:
             fk_before = _fk_violations(conn)
             report: Result = {}
@@ -1460,6 +1560,7 @@ def op_governance_insert(p: Params) -> Result:
             values.append(from_json(value, f"record[{name!r}]"))
         t = qi(table)
         conn.execute("BEGIN IMMEDIATE")
+        _watch(conn)
         try:
             existing = None
             if if_absent:
@@ -1607,6 +1708,8 @@ def main(argv: list[str]) -> int:
         code = 2
     doc["agent_version"] = AGENT_VERSION
     doc["seconds"] = round(time.monotonic() - started, 3)
+    if _HOOK is not None:
+        _HOOK.note(f"passed {_HOOK.count} {op}")
     sys.stdout.write(json.dumps(doc, ensure_ascii=True, default=_json_default) + "\n")
     sys.stdout.flush()
     return code

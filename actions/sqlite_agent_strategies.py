@@ -42,6 +42,7 @@ from actions.sqlite_agent import (
     _fk_guard,
     _fk_violations,
     _path,
+    _watch,
     connect,
     from_json,
     qi,
@@ -179,6 +180,7 @@ def op_transaction_rollback(p: Params) -> Result:
         log = ChangeLog(conn, spec)
         log.need("strategy B", "table_column", "new_column")
         conn.execute("BEGIN IMMEDIATE")
+        _watch(conn)
         try:
             access = AccessOverlay(conn, p.get("access"))
             dep = Deployment(conn, log, boundary, key_spec, need_keys=False)
@@ -279,6 +281,7 @@ def selective_by_log(p: Params) -> Result:
         log = ChangeLog(conn, spec)
         log.need("strategy A", "table_column")
         conn.execute("BEGIN IMMEDIATE")
+        _watch(conn)
         try:
             access = AccessOverlay(conn, p.get("access"))
             dep = Deployment(conn, log, boundary, key_spec)

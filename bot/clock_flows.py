@@ -525,6 +525,7 @@ async def _fail(rt: ClockRuntime, incident_id: str, run_id: int, plan: SeriesPla
         await rt.store.end_step(run_id, StepStatus.FAILED, actor=BOT_ACTOR, error=reason, waiting=waiting)
     rt.jobs.cancel(incident_id, "stability")
     await rt.changed(incident_id)
+    await rt.kick(incident_id)  # whoever waits for the series (the drill's loop) must see it failed
 
 
 def mentions_for(roles_config: dict[str, Any]) -> Mention:

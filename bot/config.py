@@ -14,14 +14,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy
-from bot.clock_settings import ClockSettings
+from bot.clock_settings import ClockSettings, MaintenanceWindow
+from bot.paths import STATE_DIR_ENV, path_problems, state_dir_for, target_key_problems
 from bot.records import RecordsConfig
 from bot.redaction import DEFAULT_PATTERNS
 from bot.stability import StabilitySettings
@@ -121,6 +122,22 @@ class SlackConfig(_Model):
         return [c.strip() for c in v]
 
 
+class RehearsalSchedule(_Model):
+    """A scheduled rehearsal: the whole plan against a staging target, reported to a channel."""
+
+    target: str = Field(description="a target marked `rehearsal: allowed`")
+    cron: str = Field(description="when, crontab syntax (minute hour day month weekday)")
+    timezone: str = Field("UTC", description="IANA time zone of the cron expression")
+    channel: str = Field(description="channel id (C…) the result is posted to")
+    strategy: Literal["A", "B", "C"] = Field("C", description="restoration strategy rehearsed")
+    time_scale: float = Field(0.01, gt=0, le=1.0, description="factor on every wait of the rehearsal")
+
+    @model_validator(mode="after")
+    def _cron(self) -> RehearsalSchedule:
+        MaintenanceWindow.model_validate({"cron": self.cron, "timezone": self.timezone})
+        return self
+
+
 class BotConfig(_Model):
     """Everything in the config file."""
 
@@ -129,6 +146,9 @@ class BotConfig(_Model):
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig.model_validate({}))
     targets: list[TargetSettings] = Field(min_length=1)
     runbook: Path | None = Field(None, description="runbook YAML; the shipped plan when empty")
+    state_dir: Path | None = Field(None, description="folder of everything the bot writes; relative state_db, "
+                                   "jobs, artifacts_dir and records.* paths are taken from it (default: "
+                                   f"${STATE_DIR_ENV}, else the folder of an absolute state_db, else the config's)")
     state_db: str = Field("rollback-bot.db", description="SQLite file or SQLAlchemy URL of the incident state")
     artifacts_dir: Path = Path("artifacts")
     time_scale: float = Field(1.0, gt=0, le=1.0, description="factor on every wait (1.0 in production)")
@@ -139,6 +159,8 @@ class BotConfig(_Model):
     jobs_db: str | None = Field(None, description="SQLAlchemy URL of the scheduled jobs; beside state_db when empty")
     records: RecordsConfig = Field(default_factory=lambda: RecordsConfig.model_validate({}),
                                    description="audit log, evidence archive, governance record, report")
+    rehearsals: list[RehearsalSchedule] = Field(default_factory=list,
+                                                description="scheduled rehearsals on staging targets")
     redact: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS),
                               description="regexes of secrets hidden in command output before it is stored or posted")
     operators: dict[str, list[str]] = Field(
@@ -180,6 +202,12 @@ class BotConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"targets: duplicate name(s) {', '.join(dupes)}")
+        for i, r in enumerate(self.rehearsals):
+            target = self.target(r.target)
+            if target is None:
+                raise ValueError(f"rehearsals[{i}].target: no target {r.target!r}")
+            if target.rehearsal != "allowed":
+                raise ValueError(f"rehearsals[{i}].target: {r.target!r} is not marked 'rehearsal: allowed'")
         known = self.policy.policy().roles | {INCIDENT_COMMANDER}
         unknown = sorted(set(self.roles) - known)
         if unknown:
@@ -189,6 +217,16 @@ class BotConfig(_Model):
     def target(self, name: str) -> TargetSettings | None:
         """The target named so, if configured."""
         return next((t for t in self.targets if t.name == name), None)
+
+    def path_problems(self) -> list[str]:
+        """Every path setting the bot could not use as this user, one ``key: reason`` line each."""
+        from bot.scheduler import jobs_url
+
+        out = path_problems(state_db=self.state_db, jobs_db=self.jobs_db or jobs_url(self.state_db),
+                            artifacts_dir=self.artifacts_dir, records=self.records, runbook=self.runbook)
+        for i, target in enumerate(self.targets):
+            out += target_key_problems(i, target, target.host_settings() if target.is_group else None)
+        return out
 
 
 class SlackSecrets(BaseSettings):
@@ -264,20 +302,25 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return problems
 
 
-def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> BotConfig:
-    """Validate config data; relative paths are taken from ``base`` (the file's folder)."""
+def parse_config(data: Mapping[str, Any], *, base: Path | None = None, state_dir: str | None = None) -> BotConfig:
+    """Validate config data; a relative runbook is taken from ``base`` (the file's folder), relative
+    written paths from the state directory (``state_dir``: the value of ``$ROLLBACK_BOT_STATE_DIR``)."""
     try:
         cfg = BotConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc)) from None
-    if base is not None:
-        if cfg.runbook is not None and not cfg.runbook.is_absolute():
-            cfg.runbook = base / cfg.runbook
+    if base is not None and cfg.runbook is not None and not cfg.runbook.is_absolute():
+        cfg.runbook = base / cfg.runbook
+    state = state_dir_for(cfg.state_dir, state_dir, cfg.state_db, base)
+    cfg.state_dir = state
+    if state is not None:
         if not cfg.artifacts_dir.is_absolute():
-            cfg.artifacts_dir = base / cfg.artifacts_dir
-        cfg.records = cfg.records.resolved(base)
+            cfg.artifacts_dir = state / cfg.artifacts_dir
+        cfg.records = cfg.records.resolved(state)
         if "://" not in cfg.state_db and not Path(cfg.state_db).is_absolute():
-            cfg.state_db = str(base / cfg.state_db)
+            cfg.state_db = str(state / cfg.state_db)
+    elif cfg.artifacts_dir.is_absolute():
+        cfg.records = cfg.records.resolved(cfg.artifacts_dir.parent)
     return cfg
 
 
@@ -290,8 +333,8 @@ def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) 
     return Path(value)
 
 
-def load_config(path: Path) -> BotConfig:
-    """Read and validate the YAML config file."""
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> BotConfig:
+    """Read and validate the YAML config file (``$ROLLBACK_BOT_STATE_DIR`` from ``environ``)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -305,7 +348,8 @@ def load_config(path: Path) -> BotConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of keys"])
     try:
-        return parse_config(data, base=path.parent)
+        env = os.environ if environ is None else environ
+        return parse_config(data, base=path.parent, state_dir=env.get(STATE_DIR_ENV) or None)
     except ConfigError as exc:
         raise ConfigError([f"{path}: {p}" for p in exc.problems]) from None
 
@@ -319,7 +363,7 @@ def load_settings(explicit: str | None = None, environ: Mapping[str, str] | None
     path: Path | None = None
     try:
         path = config_path(explicit, env)
-        cfg = load_config(path)
+        cfg = load_config(path, env)
     except ConfigError as exc:
         problems.extend(exc.problems)
     secrets = SlackSecrets.model_validate({k.lower(): v for k, v in env.items() if k in SECRET_VARS})

@@ -38,6 +38,10 @@ from bot.approvals import DEFAULT_POLICY, ApprovalPolicy, Vote, counts, evaluate
 from bot.audit import AuditSink
 from bot.lifecycle import FINAL, Event, Status, StepStatus
 from bot.people import Names
+from bot.plan import Plan
+from bot.plan_binding import binding_fields, binding_plan, confirm_previews, describe_change
+from bot.plan_text import markdown as plan_markdown
+from bot.preflight import PreflightFailed, failure_message, findings_result, report, run_preflight
 from bot.record_steps import RECORD_STEPS, RecordContext, release_options
 from bot.record_steps import perform as perform_record
 from bot.records import Records, RecordsConfig
@@ -50,6 +54,7 @@ from bot.runbook import (
     HttpStep,
     ManualStep,
     Phase,
+    PreflightStep,
     Runbook,
     SqliteStep,
     StabilityStep,
@@ -57,9 +62,11 @@ from bot.runbook import (
     WaitStep,
     WindowStep,
 )
+from bot.step_render import command_text, sqlite_params
+from bot.step_render import http_request as http_request_of
 from bot.store import Incident, StepRun, Store
 from bot.targets import TargetSettings, open_transport, open_transports
-from bot.templating import TemplateError, lookup, render_shell, render_text, render_value
+from bot.templating import TemplateError, lookup, render_text, render_value
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +184,10 @@ class Engine:
         self.redact = redact or Redactor(values=env_secrets())
         #: Resolves Slack user ids to names for the record (the report shows people by name).
         self.names = names
+        #: Set by ``stop``: no new step starts.
+        self.stopping = False
+        #: Machine steps running now, by run id: (incident id, step).
+        self._in_flight: dict[int, tuple[str, StepBase]] = {}
 
     # ------------------------------------------------------------ public API
 
@@ -276,8 +287,11 @@ class Engine:
             ok, why = counts(policy, Vote(user_id, frozenset(roles)), requester=inc.requester)
             if ok and any(a.user_id == user_id for a in earlier):
                 ok, why = False, "you already answered; one person counts once"
-            await self.store.add_approval(incident_id, user_id=user_id, roles=roles,
-                                          decision=decision, counted=ok, note=note if ok else why)
+            asked = [r.waiting.get("plan_hash") for r in (await self.store.latest_runs(incident_id)).values()
+                     if r.waiting and r.waiting.get("kind") == "approval" and r.status is StepStatus.WAITING]
+            await self.store.add_approval(incident_id, user_id=user_id, roles=roles, decision=decision,
+                                          counted=ok, note=note if ok else why,
+                                          plan_hash=asked[0] if asked else None)
         await self._changed(incident_id)
         return ok, why
 
@@ -324,11 +338,7 @@ class Engine:
                 choices.setdefault(step_id, None)  # a choice not asked is null, not missing
         return {
             "target": self.targets[inc.target].settings.template_values(),
-            "incident": {
-                "id": inc.id, "stamp": inc.stamp, "reason": inc.reason,
-                "requester": inc.requester or "", "severity": inc.severity or "",
-                "decision": inc.decision or "",
-            },
+            "incident": _incident_values(inc),
             "inputs": inc.inputs,
             "captures": captures,
             "choices": choices,
@@ -375,6 +385,8 @@ class Engine:
                 latest = await self.store.latest_runs(incident_id)
             if _settled(latest.get(step.id)):
                 continue  # done, skipped or failed-and-continued: nothing to read or show again
+            if self.stopping:
+                return await self.store.incident(incident_id)
             inc = await self.store.incident(incident_id)
             if inc.status in FINAL:
                 return inc
@@ -478,16 +490,7 @@ class Engine:
                 return "next"
             if st is StepStatus.RUNNING:
                 # The bot died while this step ran: its outcome is unknown.
-                if step.is_idempotent and not step.needs_person:
-                    await self.store.end_step(latest.id, StepStatus.INTERRUPTED,
-                                              error="bot restarted while the step ran; re-running")
-                else:
-                    await self.store.end_step(
-                        latest.id, StepStatus.INTERRUPTED,
-                        error="bot restarted while the step ran; it may have run",
-                        waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot restarted",
-                                 "options": _opts(self._answers(step)["resume"])},
-                    )
+                if await self._interrupted(latest, step, "bot restarted while the step ran") == "wait":
                     return "wait"
             elif latest.waiting is not None:
                 if isinstance(step, ApprovalStep):
@@ -516,7 +519,38 @@ class Engine:
                 await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": cond.words(value),
                                                                                 "condition": step.when})
                 return "next"
+        if step.has_side_effect and await self._plan_changed_since_approval(inc, runs):
+            return "wait"
         return await self._execute(inc, phase, step, ctx)
+
+    async def _interrupted(self, run: StepRun, step: StepBase, why: str) -> str:
+        """Journal a step cut off while it ran: re-run next if idempotent ('next'), else ask ('wait')."""
+        if step.is_idempotent and not step.needs_person:
+            await self.store.end_step(run.id, StepStatus.INTERRUPTED, error=f"{why}; re-running")
+            return "next"
+        await self.store.end_step(
+            run.id, StepStatus.INTERRUPTED, error=f"{why}; it may have run",
+            waiting={"kind": "resume", "prompt": f"{step.title}: may have run before the bot stopped",
+                     "options": _opts(self._answers(step)["resume"])},
+        )
+        return "wait"
+
+    async def stop(self, why: str) -> list[str]:
+        """Start no new step; journal each step cut off by the stop as interrupted (it resumes as
+        after a crash). Call after the incidents' tasks were cancelled; returns the step ids."""
+        self.stopping = True
+        stopped = []
+        for run_id, (incident_id, step) in list(self._in_flight.items()):
+            latest = (await self.store.latest_runs(incident_id)).get(step.id)
+            if latest is None or latest.id != run_id or latest.status is not StepStatus.RUNNING:
+                continue
+            if await self._interrupted(latest, step, why) == "wait":
+                inc = await self.store.incident(incident_id)
+                if inc.status is Status.RUNNING:
+                    await self.store.apply(incident_id, Event.WAIT, data={"step": step.id})
+            stopped.append(step.id)
+        self._in_flight.clear()
+        return stopped
 
     async def _apply_answer(self, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
         assert run.answer is not None and run.waiting is not None
@@ -552,6 +586,9 @@ class Engine:
                                    prior=run if value == "retry" else None)
 
     async def _approval(self, inc: Incident, phase: Phase, step: ApprovalStep, run: StepRun) -> str:
+        plan = self.binding_plan(inc)
+        if (run.waiting or {}).get("plan_hash") != plan.hash:
+            return await self._ask_approval(inc, phase, step, plan, previous=run)
         policy = self.policies.get(step.policy, DEFAULT_POLICY)
         clicks = [a for a in await self.store.approvals(inc.id) if a.counted]
         rejected = next((a for a in clicks if a.decision == "reject"), None)
@@ -568,18 +605,70 @@ class Engine:
             return "wait"
         await self._resume(inc)
         await self.store.end_step(run.id, StepStatus.DONE, captures={
-            "path": state.path, "approvers": [v.user_id for v in votes]})
+            "path": state.path, "approvers": [v.user_id for v in votes], "plan_hash": plan.hash})
         return "next"
+
+    # ------------------------------------------------------------ the plan approvers approve
+
+    def binding_plan(self, inc: Incident) -> Plan:
+        """The rendered plan of this incident that approvals are bound to."""
+        return binding_plan(self.runbook, self.targets[inc.target].settings, _incident_values(inc), inc.inputs,
+                            policies=self.policies, redact=self.redact)
+
+    async def _ask_approval(self, inc: Incident, phase: Phase, step: ApprovalStep, plan: Plan, *,
+                            previous: StepRun | None = None) -> str:
+        """Ask for approval of ``plan`` (its file in the thread); a previous ask of another plan is
+        closed and the approvals it collected are void."""
+        folder = self.artifacts_dir / inc.id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"plan_{plan.hash[:16]}.md"
+        data = plan_markdown(plan).encode("utf-8")
+        if not path.exists():
+            await asyncio.to_thread(path.write_bytes, data)
+            await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
+                                          sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        waiting: dict[str, Any] = {"kind": "approval", "prompt": step.title, "policy": step.policy,
+                                   **binding_fields(plan, str(path))}
+        if previous is not None:
+            old = previous.waiting or {}
+            changed = describe_change(old, plan)
+            reason = "void: the plan changed before the run started (" + "; ".join(changed) + ")"
+            voided = await self.store.void_approvals(inc.id, reason=reason[:1000], keep_hash=plan.hash)
+            waiting.update(changed=changed, voided=voided, previous_hash=old.get("plan_hash"))
+            if previous.status is StepStatus.WAITING:
+                await self.store.end_step(previous.id, StepStatus.SKIPPED, error=reason[:1000])
+            await self.store.log(inc.id, "plan_changed", step_id=step.id,
+                                 data={"changed": changed, "voided": voided, "plan_hash": plan.hash,
+                                       "previous_hash": old.get("plan_hash")})
+        run = await self.store.begin_step(inc.id, step.id, phase.id, status=StepStatus.WAITING, waiting=waiting)
+        return await self._approval(inc, phase, step, run)
+
+    async def _plan_changed_since_approval(self, inc: Incident, runs: Mapping[str, StepRun]) -> bool:
+        """Before the first side effect: if the plan changed since it was approved, ask again."""
+        for sid, r in runs.items():
+            if r.status is not StepStatus.SKIPPED and sid in self._side_effect_ids:
+                return False  # the run has started; approvals bind until then
+        for phase, step in self.runbook.steps():
+            done = runs.get(step.id)
+            if isinstance(step, ApprovalStep) and done is not None and done.status is StepStatus.DONE:
+                plan = self.binding_plan(inc)
+                if done.captures.get("plan_hash") not in (None, plan.hash):
+                    previous = replace(done, waiting={**(done.waiting or {}),
+                                                      "plan_hash": done.captures["plan_hash"]})
+                    await self._ask_approval(inc, phase, step, plan, previous=previous)
+                    return True
+        return False
+
+    @property
+    def _side_effect_ids(self) -> set[str]:
+        return {s.id for _, s in self.runbook.steps() if s.has_side_effect}
 
     # ------------------------------------------------------------ executing
 
     async def _execute(self, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any], *,
                        prior: StepRun | None = None) -> str:
         if isinstance(step, ApprovalStep):
-            run = await self.store.begin_step(
-                inc.id, step.id, phase.id, status=StepStatus.WAITING,
-                waiting={"kind": "approval", "prompt": step.title, "policy": step.policy})
-            return await self._approval(inc, phase, step, run)
+            return await self._ask_approval(inc, phase, step, self.binding_plan(inc))
         if isinstance(step, ManualStep) and not step.blocking:
             run = await self.store.begin_step(inc.id, step.id, phase.id)
             await self.store.end_step(run.id, StepStatus.DONE, captures={"noted": True})
@@ -593,6 +682,16 @@ class Engine:
             kind = "choice" if isinstance(step, ChoiceStep) else "manual"
             prompt = step.prompt if isinstance(step, ChoiceStep) else step.title
             waiting: dict[str, Any] = {"kind": kind, "prompt": prompt, "options": options}
+            if isinstance(step, ChoiceStep):
+                # The confirm dialog of each option shows the destructive steps it leads to, rendered.
+                settings = self._target(inc, step).settings
+                *each, generic = confirm_previews(self.runbook, settings, ctx, step.id,
+                                                  [*(o["value"] for o in options), None], redact=self.redact)
+                for option, preview in zip(options, each, strict=True):
+                    if preview:
+                        option["confirm"] = preview
+                if generic:
+                    waiting["confirm"] = generic
             if isinstance(step, ChoiceStep) and step.default is not None:
                 waiting["default"] = render_text(step.default, ctx)
             suggested = next((o["value"] for o in options if o.get("suggested")), None)
@@ -605,6 +704,8 @@ class Engine:
             return await timed_steps.begin(self, inc, phase, step, ctx)
         # A machine step: the attempt is committed before its side effect begins.
         run = await self.store.begin_step(inc.id, step.id, phase.id)
+        # Until it ends, a stop of the bot journals this step as interrupted (see ``stop``).
+        self._in_flight[run.id] = (inc.id, step)
         await self._changed(inc.id, audit=False)
         started = time.monotonic()
         try:
@@ -613,7 +714,9 @@ class Engine:
             if "failed_hosts" in result:  # a host group: every host's result stays with the step
                 captures.update(hosts=result["hosts"], failed_hosts=result["failed_hosts"])
         except (ActionError, TemplateError) as exc:
+            self._in_flight.pop(run.id, None)
             return await self._failed(inc, step, run, exc)
+        self._in_flight.pop(run.id, None)
         tail = output[-TAIL_CHARS:]
         if result.get("skipped"):  # the step found nothing to do (a notify without its webhook)
             await self.store.end_step(run.id, StepStatus.SKIPPED, captures={"skip_reason": str(result["skipped"])},
@@ -628,7 +731,7 @@ class Engine:
 
     async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
         out = ""
-        if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed):
+        if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed | PreflightFailed):
             out = self.redact(exc.stdout + exc.stderr)[-TAIL_CHARS:]
         error = self.redact(f"{type(exc).__name__}: {exc}")
         exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
@@ -647,11 +750,18 @@ class Engine:
             await self._stop(inc, "failure", Event.FAIL, actor=None,
                              data={"step": step.id, "error": error, "reason": f"{step.title} failed: {error}"})
             return "end"
-        await self.store.end_step(
-            run.id, StepStatus.FAILED, error=error, output_tail=out, exit_status=exit_status, **extra,
-            waiting={"kind": "failure", "prompt": f"{step.title} failed", "error": error,
-                     "options": _opts(self._answers(step)["failure"])},
-        )
+        waiting: dict[str, Any] = {"kind": "failure", "prompt": f"{step.title} failed", "error": error,
+                                   # A failed preflight is fixed on the target and retried, never skipped.
+                                   "options": _opts(("retry", "abort") if isinstance(step, PreflightStep)
+                                                    else self._answers(step)["failure"])}
+        if step.destructive:  # Retry's confirm dialog shows what runs again, rendered
+            settings = self._target(inc, step).settings
+            [preview] = confirm_previews(self.runbook, settings, await self.context(inc.id), step.id, [None],
+                                         redact=self.redact, including=True)
+            if preview:
+                waiting["confirm"] = preview
+        await self.store.end_step(run.id, StepStatus.FAILED, error=error, output_tail=out,
+                                  exit_status=exit_status, **extra, waiting=waiting)
         return "wait"
 
     def _answers(self, step: StepBase) -> dict[str, tuple[str, ...]]:
@@ -699,9 +809,9 @@ class Engine:
             return {"waited": step.seconds * self.time_scale}, ""
         target = self._target(inc, step)
         if isinstance(step, CommandStep) and target.hosts:
-            return await self._perform_group(inc, step, target, render_shell(step.run, ctx), attempt, prior)
+            return await self._perform_group(inc, step, target, command_text(step, ctx), attempt, prior)
         if isinstance(step, CommandStep):
-            command = render_shell(step.run, ctx)
+            command = command_text(step, ctx)
             res = await target.transport.run(command, timeout=step.timeout, cwd=target.settings.workdir)
             res = replace(res, stdout=self.redact(res.stdout), stderr=self.redact(res.stderr))
             output = res.stdout + (("\n[stderr]\n" + res.stderr) if res.stderr else "")
@@ -717,10 +827,9 @@ class Engine:
                                     stdout=res.stdout, stderr=res.stderr)
             return result, output
         if isinstance(step, HttpStep):
-            url = render_text(step.url, ctx)
-            headers = {k: render_text(v, ctx) for k, v in step.headers.items()}
-            body = render_value(step.json_body, ctx) if step.json_body is not None else None
-            resp = await http_request(step.method, url, headers=headers, json_body=body,
+            req = http_request_of(step, ctx)
+            url = req.url
+            resp = await http_request(step.method, url, headers=req.headers, json_body=req.json_body,
                                       timeout=step.timeout, client=self.http)
             path = await self._artifact(inc, step, "body", resp.text, attempt)
             result = resp.as_dict()
@@ -730,8 +839,7 @@ class Engine:
                                       f"{step.expect_status}", status=resp.status, body=resp.text[-500:])
             return result, self.redact(resp.text[:TAIL_CHARS])
         if isinstance(step, SqliteStep):
-            params = render_value(step.params, ctx)
-            params["db"] = render_text(step.db, ctx)
+            params = sqlite_params(step, ctx)
             out = await sqlite_op(target.transport, step.op, params, timeout=step.timeout,
                                   python=target.settings.python, cwd=target.settings.workdir)
             text = self.redact(json.dumps(out, indent=1, sort_keys=True, default=str))
@@ -742,6 +850,15 @@ class Engine:
                 raise SqliteOpFailed(f"sqlite {step.op} of {params['db']} found problems (ok: false)",
                                      op=step.op, detail=text[-TAIL_CHARS:])
             return out, text
+        if isinstance(step, PreflightStep):
+            findings = await run_preflight(target.settings, target.transport, http=self.http, timeout=step.timeout,
+                                           hosts=target.hosts or None)
+            text = report(findings)
+            await self._artifact(inc, step, "log", text, attempt)
+            result = findings_result(findings)
+            if result["failed"]:
+                raise PreflightFailed(self.redact(failure_message(findings)), findings=findings)
+            return result, text
         if isinstance(step, RECORD_STEPS):
             return await perform_record(self._record_context(inc, step), inc, step, ctx)
         raise EngineError(f"step {step.id!r}: kind {type(step).__name__} cannot run here")
@@ -817,6 +934,12 @@ class Engine:
         await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
                                       sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         return path
+
+
+def _incident_values(inc: Incident) -> dict[str, Any]:
+    """What templates see as ``incident.*``."""
+    return {"id": inc.id, "stamp": inc.stamp, "reason": inc.reason, "requester": inc.requester or "",
+            "severity": inc.severity or "", "decision": inc.decision or ""}
 
 
 def _host_state(record: dict[str, Any]) -> str:

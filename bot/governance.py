@@ -131,6 +131,15 @@ def _loss_detail(f: Facts) -> dict[str, Any] | str:
     return detail.as_dict() if detail.known else "unknown"
 
 
+def _last_tested(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The plan's "Last Tested" field: the last passing rehearsal known when the incident opened."""
+    info = inputs.get("last_tested")
+    if not isinstance(info, dict):
+        return {"text": "Last tested: not recorded"}
+    keys = ("text", "at", "target", "tested_runbook_sha256", "runbook_sha256", "this_runbook", "recovery_seconds")
+    return {k: info[k] for k in keys if k in info}
+
+
 def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Versions,
                  now: dt.datetime | None = None) -> dict[str, Any]:
     """The plan's governance log entry for this incident."""
@@ -196,6 +205,8 @@ def build_record(f: Facts, cfg: RecordsConfig, *, anchor: str, versions: Version
             },
             "total_rollback_minutes": _minutes(rollback_seconds(f)),
             "recovery_time_seconds": round(secs, 1) if (secs := rollback_seconds(f)) is not None else None,
+            "approved_plan_hash": f.capture("approval", "plan_hash"),
+            "last_tested": _last_tested(inputs),
         },
         "runtime_context": {
             "phase": cfg.phase,

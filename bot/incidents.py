@@ -18,7 +18,9 @@ from slack_sdk.errors import SlackApiError
 from bot.config import INCIDENT_COMMANDER
 from bot.decision import Decision, decide
 from bot.engine import AnswerRefused
+from bot.last_tested import last_tested
 from bot.lifecycle import FINAL, Event, StepStatus
+from bot.plan import runbook_sha256
 from bot.roles import RoleLookupFailed
 from bot.services import Services
 from bot.slack_forms import TRIGGERS, parse_reject, parse_start, reject_modal, start_modal
@@ -221,6 +223,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
     }
     if req.override:
         inputs["override"] = {"by": user_id, "reason": req.override}
+    inputs["last_tested"] = await last_tested(services.store, runbook_sha256(services.runbook))
     try:
         inc = await services.store.create_incident(
             target=req.target, runbook=services.runbook.name, severity=req.severity,

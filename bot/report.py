@@ -142,6 +142,7 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
         "- **Recovery time (start of the run to service restored):** "
         + (f"{secs:.1f} s" if (secs := rollback_seconds(f)) is not None else "service not restored"),
         f"- **Rollback window:** {stamp(start)} → {stamp(end) if end else 'not restored'}",
+        f"- **{_cell((inputs.get('last_tested') or {}).get('text') or 'Last tested: not recorded')}**",
         f"- **MemoryPlugin anchor:** `{anchor}`",
         f"- **Evidence archive:** `{archive}`",
     ]
@@ -150,6 +151,9 @@ def render_report(f: Facts, cfg: RecordsConfig, *, metrics: list[Metric], anchor
                    f"local audit line {governance.get('chain_seq')}")
     if audit_head:
         out.append(f"- **Audit chain head:** line {audit_head[0]}, sha256 `{audit_head[1]}`")
+    approved = f.capture("approval", "plan_hash")
+    if approved:
+        out.append(f"- **Approved plan hash:** `{approved}`")
     out += ["", "## Decision inputs", ""]
     triggers = inputs.get("trigger_labels") or inputs.get("triggers") or []
     out += [

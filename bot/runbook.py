@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bot.templating import ROOTS, Ref, value_refs
 
@@ -458,9 +458,17 @@ class NotifyStep(StepBase):
         return value_refs(self.text)
 
 
+class PreflightStep(StepBase):
+    """Is the target ready? SSH and the pinned host key, workdir, env file, Python, free disk,
+    database, backups, app and health, each reported; reads only, changes nothing."""
+
+    kind: Literal["preflight"]
+    timeout: float = Field(900, gt=0, le=24 * 3600)
+
+
 Step = Annotated[
     CommandStep | HttpStep | SqliteStep | ChoiceStep | ManualStep | ApprovalStep | WaitStep | StabilityStep
-    | WindowStep | GithubWorkflowStep | GovernanceStep | EvidenceStep | ReportStep | NotifyStep,
+    | WindowStep | GithubWorkflowStep | GovernanceStep | EvidenceStep | ReportStep | NotifyStep | PreflightStep,
     Field(discriminator="kind"),
 ]
 
@@ -515,6 +523,13 @@ class Runbook(_Model):
     description: str = ""
     phases: list[Phase] = Field(min_length=1)
     compensation: Compensation | None = None
+    #: The YAML text the runbook was parsed from (its sha256 is part of the plan hash).
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source_text(self) -> str | None:
+        """The YAML text this runbook was loaded from, if it came from one."""
+        return self._source
 
     def steps(self) -> Iterator[tuple[Phase, StepBase]]:
         """Every (phase, step) in order."""
@@ -768,6 +783,7 @@ def parse_runbook(text: str, filename: str = "runbook.yml") -> Runbook:
     problems2 += unquoted_user_values(rb, line_of)
     if problems2:
         raise RunbookError([f"{filename}:{line}: {msg}" for line, msg in problems2])
+    rb._source = text
     return rb
 
 

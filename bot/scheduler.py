@@ -149,6 +149,19 @@ class JobScheduler:
                                 max_instances=3)
         return jid
 
+    def schedule_cron(self, jid: str, func: JobFunc, trigger: Any, /, **kwargs: Any) -> str:
+        """Run ``func(**kwargs)`` at every time of a cron ``trigger``; replaces the job with this id."""
+        self._scheduler.add_job(func, trigger, id=jid, name=jid, kwargs=kwargs, replace_existing=True,
+                                misfire_grace_time=3600, coalesce=True, max_instances=1)
+        return jid
+
+    def remove_jobs(self, prefix: str, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Remove the jobs whose id starts with ``prefix``, except those in ``keep``."""
+        gone = [j.id for j in self._scheduler.get_jobs() if j.id.startswith(prefix) and j.id not in keep]
+        for jid in gone:
+            self._scheduler.remove_job(jid)
+        return gone
+
     def cancel(self, incident_id: str, purpose: str) -> bool:
         """Remove one job; False when there was none."""
         jid = job_id(incident_id, purpose)

@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.approvals import ApprovalPolicy
@@ -24,6 +25,8 @@ from bot.lifecycle import Status
 from bot.people import PeopleDirectory
 from bot.records import Records
 from bot.redaction import SECRET_ENV, Redactor, env_secrets, redact_logs
+from bot.rehearsal_jobs import Reporter, schedule_rehearsals
+from bot.rehearsal_jobs import install as install_reporter
 from bot.roles import RoleDirectory
 from bot.runbook import NotifyStep, Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How long a Slack request id is remembered to drop Slack's retries of it.
 DEDUPE_SECONDS = 600.0
+#: Longest wait for running work, and for SSH connections to close, when the bot stops.
+CLOSE_SECONDS = 3.0
 
 
 @dataclass
@@ -129,27 +134,38 @@ class Services:
         """Let the engine go on with an incident (scheduled jobs call this)."""
         self.run_incident(incident_id)
 
-    async def close(self) -> None:
-        """Stop background work, close transports and the store."""
+    async def close(self, why: str = "bot stopped") -> None:
+        """Stop background work (no new step starts; a running one is journaled as interrupted and
+        resumes as after a crash), close SSH connections and the store, in a few seconds at most."""
+        self.engine.stopping = True
         if self._control_task is not None:
             self._control_task.cancel()
             await asyncio.wait([self._control_task], timeout=5)
         if self.clock is not None:
             await self.clock.close()
+        install_reporter(None)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_SECONDS)
+        stopped = await self.engine.stop(why)
+        if stopped:
+            log.info("interrupted by the stop, resumed at the next start: %s", ", ".join(stopped))
         await self.publisher.close()
-        for target in self.targets.values():
-            await target.close()
+        closing = [asyncio.create_task(t.close()) for t in self.targets.values()]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=CLOSE_SECONDS)
+            for task in late:
+                task.cancel()
         await self.engine.aclose()
         await self.engine.audit.flush()
         await self.store.close()
 
 
-async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Clock | None = None) -> Services:
-    """Open the store and transports and wire the engine to the thread publisher and the scheduler."""
+async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Clock | None = None,
+                         config_path: str | None = None) -> Services:
+    """Open the store and transports and wire the engine to the thread publisher and the scheduler
+    (with the configured rehearsals when the config file's path is known)."""
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
     store = await Store.open(config.state_db)
@@ -178,5 +194,15 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     engine.clock_host = services.clock
     executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident)
     services.control = ControlPoller(executor, name=f"serve:{socket.gethostname()}:{os.getpid()}")
+    if config_path is not None:
+        schedule_rehearsals(jobs, config, config_path)
+
+        async def post(channel: str, text: str) -> None:
+            try:
+                await client.chat_postMessage(channel=channel, text=text)
+            except SlackApiError as exc:
+                log.error("rehearsal report to %s failed: %s", channel, exc.response.get("error"))
+
+        install_reporter(Reporter(post=post, mention=mentions_for(config.roles)))
     engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
     return services

@@ -2,28 +2,36 @@
 
 ``serve``: Socket Mode when ``SLACK_APP_TOKEN`` is set, HTTP mode (POST
 ``/slack/events``, signatures checked with ``SLACK_SIGNING_SECRET``) otherwise; both
-expose GET ``/healthz`` for container probes. A token that ``auth.test`` refuses stops
-the start with a clear message and a non-zero exit.
+expose GET ``/healthz`` for container probes. A path setting the bot cannot use, or a
+token Slack refuses, stops the start with a one-line message and a non-zero exit; SIGTERM
+and SIGINT stop it within seconds (see ``Services.close``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from typing import Any, TextIO
+from collections.abc import Coroutine
+from typing import Any, TextIO, TypeVar
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.config import Settings, SlackSecrets
-from bot.services import Services, build_services
-from bot.slack_client import make_client, verify_token
+from bot.services import CLOSE_SECONDS, Services, build_services
+from bot.slack_client import make_client, verify_app_token, verify_token
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Longest wait for Slack to answer the token checks at start.
+TOKEN_CHECK_SECONDS = 12.0
 
 
 def create_app(secrets: SlackSecrets, services: Services) -> AsyncApp:
@@ -65,23 +73,83 @@ def web_app(app: AsyncApp | None, services: Services) -> web.Application:
 
 
 async def serve(settings: Settings, *, err: TextIO | None = None, stop: asyncio.Event | None = None) -> int:
-    """Run the bot until SIGINT/SIGTERM (or ``stop``); returns the exit status."""
+    """Run the bot until SIGINT/SIGTERM (or ``stop``); returns the exit status.
+
+    Before anything opens: every path setting (2 on a problem), the bot token by ``auth.test``
+    and, in Socket Mode, the app token by ``apps.connections.open`` (1 when refused).
+    """
     err = err or sys.stderr
-    secrets = settings.secrets
-    client = make_client(secrets)
-    problem = await verify_token(client)
-    if problem:
-        print(f"rollback-bot serve: {problem}", file=err)
-        return 1
-    services = await build_services(settings.config, client)
-    app = create_app(secrets, services)
     stop = stop or asyncio.Event()
+    why = {"signal": "bot stopped"}
     loop = asyncio.get_running_loop()
+    installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop, why, sig)
+            installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread (tests): ``stop`` is set by the caller
+    try:
+        return await _serve(settings, err, stop, why)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(stop: asyncio.Event, why: dict[str, str], sig: signal.Signals) -> None:
+    why["signal"] = f"bot stopped ({sig.name})"
+    log.info("%s received: stopping", sig.name)
+    stop.set()
+
+
+async def _until_stop(stop: asyncio.Event, coro: Coroutine[Any, Any, T]) -> tuple[bool, T | None]:
+    """Run ``coro`` unless ``stop`` is set first: (True, result), or (False, None) when stopped."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return False, None
+
+
+async def start_problems(settings: Settings, client: AsyncWebClient) -> tuple[int, list[str]]:
+    """What stops a start: (2, path problems) or (1, token problems) or (0, [])."""
+    problems = settings.config.path_problems()
+    if problems:
+        return 2, problems
+    try:
+        async with asyncio.timeout(TOKEN_CHECK_SECONDS):
+            problem = await verify_token(client)
+            if problem is None and settings.secrets.socket_mode:
+                assert settings.secrets.slack_app_token is not None
+                problem = await verify_app_token(client, settings.secrets.slack_app_token.get_secret_value())
+    except TimeoutError:
+        problem = f"SLACK_API_URL: Slack's Web API did not answer within {TOKEN_CHECK_SECONDS:g} s"
+    return (1, [problem]) if problem else (0, [])
+
+
+async def _serve(settings: Settings, err: TextIO, stop: asyncio.Event, why: dict[str, str]) -> int:
+    secrets = settings.secrets
+    client = make_client(secrets)
+    finished, checked = await _until_stop(stop, start_problems(settings, client))
+    if not finished:
+        return 0
+    assert checked is not None
+    code, problems = checked
+    if problems:
+        for problem in problems:
+            print(f"rollback-bot serve: {problem}", file=err)
+        return code
+    settings.config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    services = await build_services(settings.config, client,
+                                    config_path=str(settings.path) if settings.path else None)
+    app = create_app(secrets, services)
     runner: web.AppRunner | None = None
     socket_handler: Any = None
     try:
@@ -90,28 +158,33 @@ async def serve(settings: Settings, *, err: TextIO | None = None, stop: asyncio.
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             assert secrets.slack_app_token is not None
-            socket_handler = AsyncSocketModeHandler(app, secrets.slack_app_token.get_secret_value())
-            await socket_handler.connect_async()
             port = settings.config.slack.health_port
             if port:
                 runner = await _start_site(web_app(None, services), port)
-            log.info("serving in Socket Mode%s", f"; /healthz on :{port}" if port else "")
+            socket_handler = AsyncSocketModeHandler(app, secrets.slack_app_token.get_secret_value())
+            # The SDK retries a failed connect forever: a stop must win over it.
+            connected, _ = await _until_stop(stop, socket_handler.connect_async())
+            if connected:
+                log.info("serving in Socket Mode%s", f"; /healthz on :{port}" if port else "")
         else:
             port = settings.config.slack.http_port
             runner = await _start_site(web_app(app, services), port)
             log.info("serving in HTTP mode on :%d (/slack/events, /healthz)", port)
         await stop.wait()
     finally:
+        # Intake first (no new request starts work), then the work itself.
         if socket_handler is not None:
-            await socket_handler.close_async()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(socket_handler.close_async(), CLOSE_SECONDS)
         if runner is not None:
             await runner.cleanup()
-        await services.close()
+        await services.close(why["signal"])
+    log.info("stopped")
     return 0
 
 
 async def _start_site(wa: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(wa)
+    runner = web.AppRunner(wa, shutdown_timeout=CLOSE_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()
     return runner

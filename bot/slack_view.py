@@ -183,6 +183,8 @@ def render_root(inc: Incident) -> Rendered:
         lines.append(f"*P4 overridden by* <@{inputs['override']['by']}>: {_esc(inputs['override']['reason'])}")
     if inputs.get("description"):
         lines.append("*Description:* " + _esc(str(inputs["description"])))
+    if isinstance(inputs.get("last_tested"), dict):
+        lines.append(f"*{_esc(str(inputs['last_tested'].get('text', '')))}*")
     if inputs.get("deadline"):
         lines.append(f"*Deadline:* {_when(dt.datetime.fromisoformat(inputs['deadline']))} (P2: within 2 hours)")
     if isinstance(inputs.get("window"), dict):
@@ -201,11 +203,18 @@ def render_root(inc: Incident) -> Rendered:
 
 
 def render_approval(inc: Incident, step_status: str, clicks: list[Approval], policy: ApprovalPolicy,
-                    *, title: str) -> Rendered:
-    """The approval request: who is still needed, every click, Approve / Reject while open."""
+                    *, title: str, plan: dict[str, Any] | None = None) -> Rendered:
+    """The approval request: the plan's summary and hash, who is still needed, every click,
+    Approve / Reject while open."""
     counted = [a for a in clicks if a.counted and a.decision == "approve"]
     state = evaluate(policy, [Vote(a.user_id, frozenset(a.roles)) for a in counted], requester=inc.requester)
     lines = [f"*{_esc(title)}*"]
+    plan = plan or {}
+    lines += [_esc(str(line)) for line in plan.get("plan_summary") or []]
+    if plan.get("changed"):
+        lines.append(f"⚠️ *The plan changed before the run started:* {_esc('; '.join(plan['changed']))}. "
+                     f"{plan.get('voided', 0)} approval(s) void; approve the new plan (hash "
+                     f"`{str(plan.get('plan_hash'))[:16]}`).")
     if step_status == "done":
         who = ", ".join(f"<@{a.user_id}>" for a in counted)
         lines.append(f"✅ *Approved* ({state.path or 'policy met'}) by {who}")
@@ -227,7 +236,8 @@ def render_approval(inc: Incident, step_status: str, clicks: list[Approval], pol
         roles = ", ".join(a.roles) or "no role"
         note = "counted" if a.counted else f"not counted: {_esc(a.note)}"
         extra = f" — “{_esc(a.note)}”" if a.counted and a.note else ""
-        click_lines.append(f"{mark} <@{a.user_id}> ({roles}) {a.decision} at {_when(a.at)} — {note}{extra}")
+        plan_of = f" · plan `{a.plan_hash[:16]}`" if a.plan_hash else ""
+        click_lines.append(f"{mark} <@{a.user_id}> ({roles}) {a.decision} at {_when(a.at)}{plan_of} — {note}{extra}")
     blocks = _sections(lines)
     if click_lines:
         # Keep the newest clicks when there are too many to show.
@@ -270,11 +280,36 @@ def render_phase(phase: PhaseView, timeline: str = "") -> Rendered:
     return Rendered(f"phase:{phase.id}", clip(f"{phase.title}: {phase.status}", 3000), blocks)
 
 
-def _confirm(destructive: list[str]) -> ConfirmObject | None:
+def _confirm(destructive: list[str], preview: str | None = None) -> ConfirmObject | None:
+    """The confirm dialog before a destructive step: the step rendered with the chosen value
+    when known, else the steps' titles (a confirm's text holds 300 characters)."""
+    if preview:
+        return ConfirmObject(title="Destructive step", text=clip("This runs: " + _esc(preview), 300),
+                             confirm="Yes, go on", deny="Cancel")
     if not destructive:
         return None
     text = "This goes on to destructive steps: " + "; ".join(destructive)
     return ConfirmObject(title="Destructive step", text=clip(text, 300), confirm="Yes, go on", deny="Cancel")
+
+
+def _plan_posts(inc: Incident, runs: list[StepRun]) -> list[Rendered]:
+    """Each rendered plan approval was asked for, as a file, and a notice when it changed."""
+    out: list[Rendered] = []
+    files: set[str] = set()
+    for r in runs:
+        w = r.waiting or {}
+        if w.get("changed"):
+            out.append(Rendered(f"plan_changed:{r.id}", f"{inc.id}: the plan changed; approval is asked again",
+                                _sections([f"⚠️ *{inc.id}: the plan changed before the run started* — "
+                                           + _esc("; ".join(w["changed"])) + f". {w.get('voided', 0)} approval(s)"
+                                           " are void; approval is asked again above (plan hash "
+                                           f"`{str(w.get('plan_hash'))[:16]}`)."])))
+        path = w.get("plan_file")
+        if path and path not in files:
+            files.add(path)
+            out.append(Rendered(f"file:plan:{str(w.get('plan_hash'))[:16]}",
+                                f"{inc.id}: the rendered plan (hash {w.get('plan_hash')})", file=Path(path)))
+    return out
 
 
 def _tail(text: str, lines: int = TAIL_LINES, limit: int = 1800) -> str:
@@ -327,7 +362,7 @@ def _answer_actions(inc: Incident, run: StepRun, options: list[dict[str, str]], 
                     kind: str) -> ActionsBlock:
     # Retry / re-run / a choice that leads on to a destructive step asks for a confirmation.
     gated = {"retry", "rerun"} if kind in ("failure", "resume") else {o["value"] for o in options}
-    confirm = _confirm(destructive)
+    confirm = _confirm(destructive, (run.waiting or {}).get("confirm"))
     bid = f"ask|{run.id}"
     if len(options) > BUTTONS_MAX:
         select = StaticSelectElement(
@@ -345,7 +380,8 @@ def _answer_actions(inc: Incident, run: StepRun, options: list[dict[str, str]], 
                                                          else None)
         buttons.append(ButtonElement(
             text=clip(o["label"], 75), action_id=f"{ANSWER}_{i}", value=answer_value(inc.id, run.id, i),
-            style=style, confirm=confirm if o["value"] in gated else None,
+            style=style, confirm=(_confirm(destructive, o.get("confirm")) if o.get("confirm") else confirm)
+            if o["value"] in gated else None,
         ))
     return ActionsBlock(block_id=bid, elements=buttons)
 
@@ -417,7 +453,8 @@ def desired_messages(state: ThreadState, runbook: Runbook, policy: ApprovalPolic
         approval_steps = [s for s in pv.steps if s.waiting and s.waiting.get("kind") == "approval"]
         for s in approval_steps:
             step = runbook.step(s.id)
-            out.append(render_approval(inc, s.status, state.approvals, policy, title=step.title))
+            out.append(render_approval(inc, s.status, state.approvals, policy, title=step.title, plan=s.waiting))
+            out += _plan_posts(inc, [r for r in state.runs if r.step_id == s.id])
             if s.status == "done":
                 who = ", ".join(f"<@{u}>" for u in s.facts.get("approvers", []))
                 out.append(render_milestone("milestone:approved",

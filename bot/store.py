@@ -55,6 +55,7 @@ approvals = sa.Table(
     sa.Column("counted", sa.Boolean, nullable=False),
     sa.Column("note", sa.Text, nullable=False, default=""),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("plan_hash", sa.String(64)),  # the rendered plan the click approved
 )
 
 step_runs = sa.Table(
@@ -152,6 +153,35 @@ control_pollers = sa.Table(
 )
 
 
+#: Each rehearsal of a runbook on a target and its verdict ("Last tested").
+rehearsals = sa.Table(
+    "rehearsals", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(128), nullable=False, index=True),
+    sa.Column("runbook_sha256", sa.String(64), nullable=False),
+    sa.Column("plan_hash", sa.String(64)),
+    sa.Column("incident_id", sa.String(32)),
+    sa.Column("strategy", sa.String(8)),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("recovery_seconds", sa.Float),
+    sa.Column("data_loss_records", sa.Integer),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False, default=dict),
+)
+
+#: Columns added after a table was first created: (table, column, SQL type).
+_ADDED_COLUMNS = (("approvals", "plan_hash", "VARCHAR(64)"),)
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Bring a state database made by an earlier version up to this schema (new nullable columns)."""
+    inspector = sa.inspect(conn)
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
 def utcnow() -> dt.datetime:
     """Now, timezone-aware UTC."""
     return dt.datetime.now(dt.UTC)
@@ -232,6 +262,7 @@ class Approval:
     counted: bool
     note: str
     at: dt.datetime
+    plan_hash: str | None = None
 
 
 @dataclass
@@ -315,6 +346,7 @@ class Store:
                 cur.close()
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
         return cls(engine)
 
     async def close(self) -> None:
@@ -504,21 +536,35 @@ class Store:
 
     async def add_approval(
         self, incident_id: str, *, user_id: str, roles: list[str], decision: str, counted: bool,
-        note: str = "", now: dt.datetime | None = None,
+        note: str = "", now: dt.datetime | None = None, plan_hash: str | None = None,
     ) -> Approval:
-        """Record a click on Approve or Reject, counted or not."""
+        """Record a click on Approve or Reject, counted or not, with the plan hash it answered."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
             res = await conn.execute(approvals.insert().values(
                 incident_id=incident_id, user_id=user_id, roles=roles, decision=decision,
-                counted=counted, note=note, at=now,
+                counted=counted, note=note, at=now, plan_hash=plan_hash,
             ))
             await conn.execute(journal.insert().values(
                 incident_id=incident_id, at=now, kind=f"approval_{decision}", actor=user_id,
-                data={"roles": roles, "counted": counted, "note": note},
+                data={"roles": roles, "counted": counted, "note": note, "plan_hash": plan_hash},
             ))
             aid = res.inserted_primary_key[0] if res.inserted_primary_key else 0
-        return Approval(int(aid), incident_id, user_id, roles, decision, counted, note, now)
+        return Approval(int(aid), incident_id, user_id, roles, decision, counted, note, now, plan_hash)
+
+    async def void_approvals(self, incident_id: str, *, reason: str, keep_hash: str) -> int:
+        """Stop counting every click that approved another plan than ``keep_hash``; how many."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            stale = sa.or_(approvals.c.plan_hash.is_(None), approvals.c.plan_hash != keep_hash)
+            res = await conn.execute(approvals.update().where(
+                approvals.c.incident_id == incident_id, approvals.c.counted.is_(True), stale,
+            ).values(counted=False, note=reason))
+            await conn.execute(journal.insert().values(
+                incident_id=incident_id, at=now, kind="approvals_void",
+                data={"count": res.rowcount, "reason": reason, "plan_hash": keep_hash},
+            ))
+        return int(res.rowcount or 0)
 
     async def approvals(self, incident_id: str) -> list[Approval]:
         """Every click, oldest first."""

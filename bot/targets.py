@@ -88,6 +88,9 @@ class TargetSettings(BaseModel):
         default=None, description="which changes are the bad deployment's: marker, deployed_at, governance entry")
     key_columns: KeyColumns = Field(default_factory=dict,
                                     description="row key columns per table, where a table has no primary key")
+    rehearsal: Literal["allowed", "forbidden"] = Field(
+        default="forbidden", description="'allowed' marks a staging target `rollback-bot rehearse` may run the "
+                                         "whole plan against (it restores the database and restarts the app)")
 
     @model_validator(mode="after")
     def _ssh_needs_keys(self) -> TargetSettings:

@@ -136,17 +136,20 @@ def _header(view: IncidentView) -> Text:
     return line
 
 
-def _finished(view: IncidentView, current: PhaseView | None) -> Text | None:
+def _finished(view: IncidentView, current: PhaseView | None, width: int) -> Text | None:
     done = [p for p in view.phases if p is not current and p.status in ("done", "skipped", "failed")]
     if not done:
         return None
-    line = Text("")
-    for i, p in enumerate(done):
-        if i:
-            line.append(" · ", style="dim")
-        line.append(f"{SYMBOLS.get(p.status, '?')} {_short_title(p.title)}", style=STYLES.get(p.status, ""))
-        if p.duration:
-            line.append(f" {p.duration:.1f}s", style="dim")
+    for durations in (True, False):  # without the durations when they would push phases off the row
+        line = Text("")
+        for i, p in enumerate(done):
+            if i:
+                line.append(" · ", style="dim")
+            line.append(f"{SYMBOLS.get(p.status, '?')} {_short_title(p.title)}", style=STYLES.get(p.status, ""))
+            if durations and p.duration:
+                line.append(f" {p.duration:.1f}s", style="dim")
+        if line.cell_len <= width:
+            break
     return line
 
 
@@ -155,7 +158,7 @@ def frame(view: IncidentView, checks: Sequence[StabilityCheck] = (), *, width: i
     height = max(1, height)
     current = _current(view)
     top = [_header(view)]
-    finished = _finished(view, current)
+    finished = _finished(view, current, width)
     if finished is not None:
         top.append(finished)
     bottom: list[Text] = []

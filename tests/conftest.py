@@ -22,6 +22,19 @@ def proof_report() -> Callable[[str], None]:
     return PROOF_LINES.append
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker: hand this worker's figure lines to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["proof_lines"] = list(PROOF_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """On the pytest-xdist controller: collect a finished worker's figure lines."""
+    PROOF_LINES.extend(getattr(node, "workeroutput", {}).get("proof_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the proof suite's figures, one line each, whatever pytest captured."""
     if PROOF_LINES:

@@ -20,7 +20,7 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         bot_token, app_token, signing_secret   defaults DEFAULT_BOT_TOKEN / DEFAULT_APP_TOKEN /
                                                DEFAULT_SIGNING_SECRET
         team_id, team_domain, bot_user_id, bot_id, app_id
-        channels   {channel_id: name | {"name", "is_private"}}; none configured (here or with
+        channels   {channel_id: name | {"name", "is_private", "is_member"}}; none configured (here or with
                    add_channel) -> any channel id is accepted and created on first post
         users      {user_id: name | {"name", "real_name", "is_bot", "deleted", "tz"}}
         usergroups {group_id: [user_id, ...] | {"handle", "name", "users"}}
@@ -81,7 +81,7 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         bot_scopes_from_manifest(path=None) -> list[str]
 
     Configuration at runtime:
-        fake.add_channel(id, name, is_private=False), fake.add_user(id, name, **fields),
+        fake.add_channel(id, name, is_private=False, is_member=True), fake.add_user(id, name, **fields),
         fake.add_usergroup(id, users, handle=None, name=None)  (replaces the members)
         fake.issue_trigger_id(user_id) -> str      (the driver does this for you)
         fake.issue_response_url(channel_id, user_id, message_ts=None, thread_ts=None) -> str
@@ -726,13 +726,16 @@ class SlackFake:
 
     # ----------------------------------------------------------------- configuration
 
-    def add_channel(self, channel_id: str, name: str | None = None, *, is_private: bool = False) -> None:
-        """Make a channel known; once any channel is configured, posting elsewhere is ``channel_not_found``."""
+    def add_channel(self, channel_id: str, name: str | None = None, *, is_private: bool = False,
+                    is_member: bool = True) -> None:
+        """Make a channel known; once any channel is configured, posting elsewhere is ``channel_not_found``.
+        ``is_member=False``: the bot was not invited (history and posts are ``not_in_channel``)."""
         self._strict_channels = True
-        self._register_channel(channel_id, name, is_private)
+        self._register_channel(channel_id, name, is_private, is_member)
 
-    def _register_channel(self, channel_id: str, name: str | None, is_private: bool) -> None:
-        self.channels[channel_id] = {"id": channel_id, "name": name or channel_id.lower(), "is_private": is_private}
+    def _register_channel(self, channel_id: str, name: str | None, is_private: bool, is_member: bool = True) -> None:
+        self.channels[channel_id] = {"id": channel_id, "name": name or channel_id.lower(), "is_private": is_private,
+                                     "is_member": is_member}
         self._messages.setdefault(channel_id, [])
 
     def add_user(self, user_id: str, name: str | None = None, **fields: Any) -> None:
@@ -1457,6 +1460,8 @@ class SlackFake:
         cid = self._channel_id(_str_param(params, "channel"))
         if cid is None:
             raise _ApiError("channel_not_found")
+        if not self.channels[cid].get("is_member", True):
+            raise _ApiError("not_in_channel")
         oldest = float(_str_param(params, "oldest") or 0)
         latest = float(_str_param(params, "latest") or math.inf)
         meta = _truthy(params.get("include_all_metadata", False))

@@ -110,3 +110,41 @@ def test_file_problems_carry_the_file_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(str(path), ENV)
     assert f"{path}: targets:" in str(exc.value)
+
+
+def test_written_paths_resolve_under_the_state_directory(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg_file = _write(etc, "slack: {channels: [C0INCIDENT1]}\n"
+                           "roles: {tech_lead: {users: [U0LEAD]}}\n"
+                           "targets: [{name: prod, transport: local, workdir: /srv/app}]\n"
+                           "runbook: my-runbook.yml\n")
+    state = tmp_path / "state"
+    # The container layout: the config folder is read-only, the state directory comes from the environment.
+    settings = load_settings(str(cfg_file), {**ENV, "ROLLBACK_BOT_STATE_DIR": str(state)})
+    cfg = settings.config
+    assert cfg.state_dir == state
+    assert cfg.state_db == str(state / "rollback-bot.db")
+    assert cfg.artifacts_dir == state / "artifacts"
+    assert cfg.records.audit_log == state / "logs" / "governance.jsonl"
+    assert cfg.records.evidence_root == state / "evidence"
+    assert cfg.runbook == etc / "my-runbook.yml"  # an input: beside the config
+
+    # Without the variable: the folder of an absolute state_db (the README's layout).
+    cfg = parse_config({**GOOD, "state_db": str(state / "db" / "state.db")}, base=etc)
+    assert cfg.records.audit_log == state / "db" / "logs" / "governance.jsonl"
+    assert cfg.artifacts_dir == state / "db" / "artifacts"
+    # An explicit state_dir wins, relative to the config's folder.
+    cfg = parse_config({**GOOD, "state_dir": "var", "state_db": str(state / "state.db")}, base=etc)
+    assert cfg.records.evidence_root == etc / "var" / "evidence" and cfg.state_db == str(state / "state.db")
+
+
+def test_path_problems_name_the_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = parse_config({**GOOD, "state_dir": str(tmp_path / "ok"), "artifacts_dir": str(blocker / "a"),
+                        "records": {"audit_log": str(tmp_path)}, "jobs_db": "postgresql://db/jobs"})
+    assert cfg.path_problems() == [
+        f"artifacts_dir: {blocker / 'a'} cannot be created: {blocker} is not a folder",
+        f"records.audit_log: {tmp_path} is a folder, not a file",
+    ]  # a server database (jobs_db) is not a path, and state_db can be created

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -54,18 +53,29 @@ def test_host_group_settings() -> None:
     assert list(open_transports(_group(["x", "y"]))) == ["x", "y"]
 
 
+#: All hosts meet in ``meet/``: each waits there until the four are in at once (run one after
+#: another, the first would wait alone until its timeout); no clock is read.
+MEET = ("mkdir -p meet; touch meet/$BASHPID; until [ $(ls meet | wc -l) -ge 4 ]; do sleep 0.02; done; "
+        "ls meet | wc -l > met.$BASHPID; echo $((6*7))")
+#: Each host notes how many are in ``run/`` while it is, waiting (a while) for company.
+COUNT = ("mkdir -p run; touch run/$BASHPID; i=0; until [ $(ls run | wc -l) -ge 2 ] || [ $i -ge 500 ]; "
+         "do sleep 0.02; i=$((i+1)); done; ls run | wc -l > seen.$BASHPID; sleep 0.05; rm run/$BASHPID")
+
+
+def _counts(folder: Path, pattern: str) -> list[int]:
+    return sorted(int(p.read_text()) for p in folder.glob(pattern))
+
+
 async def test_run_on_hosts_is_concurrent_and_bounded(tmp_path: Path) -> None:
     hosts: dict[str, Transport] = {f"h{i}": LocalTransport(name=f"h{i}", root=str(tmp_path)) for i in range(4)}
     try:
-        await run_on_hosts(hosts, "true", timeout=10)  # shells started
-        started = time.monotonic()
-        results = await run_on_hosts(hosts, "sleep 0.4; echo $((6*7))", timeout=10)
-        together = time.monotonic() - started
+        results = await run_on_hosts(hosts, MEET, timeout=120)
         assert [(r.host, r.exit_status, r.stdout) for r in results] == [(f"h{i}", 0, "42\n") for i in range(4)]
-        assert together < 1.2  # one host's time, not four
-        started = time.monotonic()
-        await run_on_hosts(hosts, "sleep 0.4", timeout=10, concurrency=2)
-        assert time.monotonic() - started >= 0.8  # two waves of two
+        assert _counts(tmp_path, "met.*") == [4, 4, 4, 4]  # all four at once
+        results = await run_on_hosts(hosts, COUNT, timeout=120, concurrency=2)
+        assert all(r.exit_status == 0 for r in results), results
+        seen = _counts(tmp_path, "seen.*")
+        assert len(seen) == 4 and max(seen) == 2  # two at once, never three
     finally:
         for t in hosts.values():
             await t.close()

@@ -20,12 +20,15 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from bot.slack_client import MANIFEST_BOT_SCOPES
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SCHEMA_DIR = ROOT.parent / "shared" / "slack-manifest-schema"
 VENDORED_SCHEMA_DIR = Path(__file__).resolve().parent / "data"
 TOP_SCHEMA = "slack-manifest.schema.json"
 
-EXPECTED_BOT_SCOPES = {"commands", "chat:write", "users:read", "usergroups:read", "files:write", "channels:history"}
+#: What ``rollback-bot check`` compares the installed app's scopes with.
+EXPECTED_BOT_SCOPES = set(MANIFEST_BOT_SCOPES)
 
 
 def schema_dir() -> Path:

@@ -1,9 +1,18 @@
-"""Proof, crash: the bot killed with SIGKILL at seeded points of whole drill incidents.
+"""Proof, crash: the bot, and the agent on the target, killed with SIGKILL at seeded points.
 
 Each incident runs the default runbook against a fresh sandbox through a real sshd, in a
-bot process (``tests.proof_runner``) that is killed ``d`` ms after a chosen step started
-(including mid-restore and mid-stability) and started again, until it completes. Then,
-checked on the target and not taken from the bot's word:
+bot process (``tests.proof_runner``) that is killed at each of the incident's kill points
+and started again, until it completes. A kill point is either
+
+- on the target: the SQLite agent of a writing step is held at its N-th write point (its
+  kill hook, enabled for that one run by the target's shim), then the bot and the agent are
+  both killed: a change is running on the target when the bot dies, by construction (the
+  restore's points include the window between releasing the live file and the rename);
+- or in the bot: killed ``d`` ms after a chosen step started (including mid-stability).
+
+How many kills landed while a change was running on the target is read from the target's
+own command log (a writing command begun and not yet ended at the kill), printed and
+asserted. Then, checked on the target and not taken from the bot's word:
 
 - the database equals the chosen backup's content, access levels equal the originals,
   maintenance mode is off, the app is healthy, the emergency backup verifies
@@ -15,8 +24,10 @@ checked on the target and not taken from the bot's word:
 - no ``resume`` question: every step the drill runs is idempotent or read-only, so an
   interrupted step is re-run by itself; a non-idempotent step would have asked.
 
-CI: 30 points over 3 incidents (strategies C, A, B), 10 kills each. ``ROLLBACK_PROOF_LONG=1``:
-one kill per incident, 30 incidents. ``ROLLBACK_PROOF_SEED`` picks the points.
+CI: 30 points over 6 incidents (strategies C, A, B twice), 5 kills each, two of them on the
+target (a whole incident costs ~8 s of CPU; 30 of them would not fit the suite's budget).
+``ROLLBACK_PROOF_LONG=1``: one kill per incident, 30 incidents. ``ROLLBACK_PROOF_SEED``
+picks the points.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from typing import Any
 import pytest
 
 from actions.local import LocalTransport
+from actions.sqlite_agent import KILL_HOOK_ENV
 from bot.drill.sandbox import Sandbox, build_sandbox
 from bot.drill.verdict import check_verdict
 from bot.lifecycle import Status, StepStatus
@@ -63,7 +75,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LONG = os.environ.get("ROLLBACK_PROOF_LONG") == "1"
 SEED = int(os.environ.get("ROLLBACK_PROOF_SEED", "20261125"))
 POINTS = 30
-KILLS_PER_INCIDENT = 1 if LONG else 10
+KILLS_PER_INCIDENT = 1 if LONG else 5
+#: Kills that must land while a change runs on the target.
+MIN_ON_TARGET = 10
 STRATEGIES = ("C", "A", "B")
 #: 60 plan seconds are 0.24 s: the 15 stability checks take ~3.6 s.
 TIME_SCALE = 0.004
@@ -71,18 +85,27 @@ RESTORE_STEPS = {"A": "selective_restore", "B": "transaction_rollback", "C": "fu
 #: The SQLite agent's operations that write; the others only read.
 WRITING_OPS = {"restrict_access", "restore_access", "backup", "restore", "selective_restore",
                "transaction_rollback", "governance_insert"}
+#: Steps whose agent is held on the target at a write point (besides the strategy's restore).
+TARGET_STEPS = ("restrict_access", "emergency_backup", "restore_access", "governance_record")
+#: Write points every run of an operation reaches on the drill's data (a full restore: its
+#: file steps up to the journal mode, the backup: its finished partial copy).
+MIN_POINTS = {"restore": 6, "backup": 1}
 
 
 @dataclass(frozen=True)
 class KillPoint:
-    """Kill the bot ``delay_ms`` after the next attempt of ``step_id`` started."""
+    """Kill the bot ``delay_ms`` after the next attempt of ``step_id`` started; with ``write_point``,
+    when that attempt's agent reaches its N-th write point on the target, and the agent too."""
 
     incident: int
     strategy: str
     step_id: str
     delay_ms: int
+    write_point: int | None = None
 
     def __str__(self) -> str:
+        if self.write_point is not None:
+            return f"#{self.incident} {self.strategy} {self.step_id}@write point {self.write_point}"
         return f"#{self.incident} {self.strategy} {self.step_id}+{self.delay_ms}ms"
 
 
@@ -94,6 +117,10 @@ class IncidentOutcome:
     problems: list[str] = field(default_factory=list)
     interrupted: int = 0
     rerun_effects: int = 0
+    #: When each kill fell (ns since the epoch, the command log's clock).
+    killed_at: list[int] = field(default_factory=list)
+    #: Kills that fell while a writing command ran on the target, and which.
+    on_target: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -117,11 +144,21 @@ def _killable(rb: Runbook, strategy: str) -> list[StepBase]:
     return [s for _, s in rb.steps() if isinstance(s, kinds) and _runs(s, strategy)]
 
 
+def _agent_op(step: StepBase) -> str | None:
+    """The writing agent operation a step runs on the target, if any."""
+    if isinstance(step, GovernanceStep):
+        return "governance_insert"
+    if isinstance(step, SqliteStep) and step.op in WRITING_OPS:
+        return step.op
+    return None
+
+
 def kill_plan(rb: Runbook, seed: int) -> list[list[KillPoint]]:
     """The seeded kill points, incident by incident, each incident's in runbook order.
 
-    Every incident has one kill in its restore step and one mid-stability; the others fall
-    on any step the drill runs.
+    Every incident has a kill on the target in its restore step and in another writing step,
+    and one mid-stability; the others fall on any step the drill runs. (LONG: one point per
+    incident, in turn on the target mid-restore, on the target elsewhere, mid-stability, anywhere.)
     """
     rng = random.Random(seed)
     incidents = POINTS // KILLS_PER_INCIDENT
@@ -130,17 +167,20 @@ def kill_plan(rb: Runbook, seed: int) -> list[list[KillPoint]]:
         strategy = STRATEGIES[i % len(STRATEGIES)]
         steps = _killable(rb, strategy)
         order = {s.id: n for n, s in enumerate(steps)}
-        forced = [RESTORE_STEPS[strategy], "stability_checks"]
+        on_target = [RESTORE_STEPS[strategy], TARGET_STEPS[(i // len(STRATEGIES)) % len(TARGET_STEPS)]]
+        forced = [*on_target, "stability_checks"]
         if LONG:
-            # one point per incident: three incidents (C, A, B) mid-restore, three mid-stability,
-            # three anywhere, and again
-            forced = [[RESTORE_STEPS[strategy]], ["stability_checks"], []][(i // len(STRATEGIES)) % 3]
-        chosen = forced[:KILLS_PER_INCIDENT]
+            forced = [[on_target[0]], [on_target[1]], ["stability_checks"], []][(i // len(STRATEGIES)) % 4]
+        chosen = [(s, s in on_target) for s in forced[:KILLS_PER_INCIDENT]]
         while len(chosen) < KILLS_PER_INCIDENT:
-            chosen.append(rng.choice(steps).id)
+            chosen.append((rng.choice(steps).id, False))
         points = []
-        for step_id in sorted(chosen, key=order.__getitem__):
+        for step_id, held in sorted(chosen, key=lambda c: order[c[0]]):
             step = rb.step(step_id)
+            op = _agent_op(step)
+            if held and op is not None:
+                points.append(KillPoint(i + 1, strategy, step_id, 0, rng.randint(1, MIN_POINTS.get(op, 5))))
+                continue
             if isinstance(step, StabilityStep):
                 # anywhere in the series of 15 checks
                 delay = rng.randint(100, int(15 * 60 * TIME_SCALE * 1000))
@@ -156,14 +196,23 @@ def kill_plan(rb: Runbook, seed: int) -> list[list[KillPoint]]:
 
 def _write_shims(sandbox: Sandbox, log: Path) -> dict[str, str]:
     """Shims on the target that log each run of the SQLite agent and the process manager;
-    returns the settings that route the runbook's commands through them."""
+    returns the settings that route the runbook's commands through them.
+
+    The agent's shim reads ``hold.spec`` ("OP SKIP N"): the SKIP+1-th run of OP from now gets
+    the agent's kill hook, held at its N-th write point (noted in ``hold.log``)."""
     q = shlex.quote
     shim_dir = sandbox.root / "shim"
     shim_dir.mkdir()
     stamp = 'printf "%s %s %s %s\\n" "$(date +%s%N)" "$$"'
     py = shim_dir / "python3-logged"
+    spec, held = q(str(log.with_name("hold.spec"))), str(log.with_name("hold.log"))
+    hold = (f'if [ -f {spec} ]; then read -r kop kskip kat < {spec}\n'
+            f'  if [ "$kop" = "${{4:-}}" ]; then\n'
+            f'    if [ "$kskip" -gt 0 ]; then echo "$kop $((kskip - 1)) $kat" > {spec}\n'
+            f'    else rm -f {spec}; export {KILL_HOOK_ENV}="$kat:"{q(held)}":hold"; fi\n'
+            f'  fi\nfi\n')
     # python3 -I -c SOURCE OP PARAMS: $4 is the operation
-    py.write_text(f"#!/bin/bash\n{stamp} begin \"${{4:-?}}\" >> {q(str(log))}\n"
+    py.write_text(f"#!/bin/bash\n{hold}{stamp} begin \"${{4:-?}}\" >> {q(str(log))}\n"
                   f"{q(sandbox.python)} \"$@\"\nrc=$?\n"
                   f"{stamp} end \"${{4:-?}}:$rc\" >> {q(str(log))}\nexit $rc\n")
     pm = shim_dir / "pm-logged"
@@ -205,6 +254,26 @@ def _read_log(log: Path) -> list[tuple[float, str, str]]:
         ns, _pid, kind, what = line.split(" ", 3)
         entries.append((int(ns) / 1e9, kind, what))
     return entries
+
+
+def writes_running(log: Path, at_ns: int, since_ns: int = 0) -> list[str]:
+    """The writing commands the target's log shows begun and not yet ended at ``at_ns``.
+
+    One that never logged its end died with a kill: it counts for the first kill after its
+    begin only (``since_ns``, the kill before this one, is after it began otherwise)."""
+    began: dict[str, tuple[int, str]] = {}
+    spans: list[tuple[int, int | None, str]] = []
+    for line in log.read_text().splitlines():
+        ns, pid, kind, what = line.split(" ", 3)
+        if kind == "begin":
+            began[pid] = (int(ns), what)
+        elif pid in began:
+            start, name = began.pop(pid)
+            spans.append((start, int(ns), name))
+    spans += [(start, None, name) for start, name in began.values()]
+    writing = WRITING_OPS | {"pm_start", "pm_stop", "pm_restart"}
+    return [name for start, end, name in spans
+            if name in writing and start <= at_ns and (end > at_ns if end is not None else start > since_ns)]
 
 
 async def check_journal_against_log(store: Store, rb: Runbook, incident_id: str, log: Path) -> tuple[list[str], int]:
@@ -260,29 +329,79 @@ def _attempts(state: Path, step_id: str) -> tuple[int, str | None]:
     return len(rows), (rows[-1][0] if rows else None)
 
 
-def _kill_at(root: Path, proc: subprocess.Popen[str], point: KillPoint, before: tuple[int, str | None]) -> str | None:
-    """SIGKILL the bot ``delay_ms`` after the next attempt of the point's step started; when the
-    previous run already got past that step, ``delay_ms`` after the restart. An error text if
-    the bot ended first."""
+def _done_steps(state: Path) -> set[str]:
+    if not state.exists():
+        return set()
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("SELECT step_id, status FROM step_runs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return set()
+    latest = dict(rows)
+    return {step for step, status in latest.items() if status == "done"}
+
+
+def hold_spec(rb: Runbook, point: KillPoint, done: set[str]) -> str:
+    """``OP SKIP N`` for the target's shim: the point's step is the SKIP+1-th run of OP from now
+    (the engine goes on from the first step not done, in runbook order, re-running an
+    interrupted one)."""
+    op = _agent_op(rb.step(point.step_id))
+    assert op is not None and point.write_point is not None
+    ahead = []
+    for step in _killable(rb, point.strategy):
+        if step.id not in done and _agent_op(step) == op:
+            ahead.append(step.id)
+        if step.id == point.step_id:
+            break
+    return f"{op} {len(ahead) - 1} {point.write_point}\n"
+
+
+def _bury(proc: subprocess.Popen[str]) -> None:
+    proc.wait(timeout=30)
+    if proc.stdout:
+        proc.stdout.close()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def _kill_at(root: Path, proc: subprocess.Popen[str], point: KillPoint, before: tuple[int, str | None],
+             outcome: IncidentOutcome) -> str | None:
+    """SIGKILL the bot ``delay_ms`` after the next attempt of the point's step started (when the
+    previous run already got past that step, ``delay_ms`` after the restart); for a point on the
+    target, when the step's agent is held at its write point, then the agent too. An error text
+    if the bot ended first."""
     state = root / "state.db"
+    held_log = root / "target" / "hold.log"
+    held_before = len(held_log.read_text().splitlines()) if held_log.exists() else 0
     count, status = before
     deadline = time.monotonic() + 240
-    while status in (None, "running") and _attempts(state, point.step_id)[0] <= count:
+    while True:
         if proc.poll() is not None:
             out, err = proc.communicate()
             return f"bot ended before {point}: {out.strip()[-500:]} {err.strip()[-1500:]}"
         if time.monotonic() > deadline:
             proc.kill()
             proc.communicate()
-            return f"{point.step_id} never started"
+            return f"{point} never came"
+        if point.write_point is None:
+            if status not in (None, "running") or _attempts(state, point.step_id)[0] > count:
+                time.sleep(point.delay_ms / 1000)
+                break
+        else:
+            held = held_log.read_text().splitlines()[held_before:] if held_log.exists() else []
+            if held:
+                outcome.killed_at.append(time.time_ns())
+                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(int(held[0].split()[0]), signal.SIGKILL)  # the agent, held inside its write
+                _bury(proc)
+                return None
+            n, last = _attempts(state, point.step_id)
+            if n > count and last not in (None, "running"):
+                break  # the step ended without reaching the write point: kill the bot now
         time.sleep(0.005)
-    time.sleep(point.delay_ms / 1000)
+    outcome.killed_at.append(time.time_ns())
     os.kill(proc.pid, signal.SIGKILL)  # the bot only: what it started on the target lives on
-    proc.wait(timeout=30)
-    if proc.stdout:
-        proc.stdout.close()
-    if proc.stderr:
-        proc.stderr.close()
+    _bury(proc)
     return None
 
 
@@ -310,12 +429,21 @@ async def run_incident(base: Path, sshd: SshdTarget, points: list[KillPoint]) ->
         (root / "runner.json").write_text(json.dumps({
             "settings": settings, "strategy": strategy, "backup_path": str(sandbox.backup_path),
             "time_scale": TIME_SCALE}))
+        rb = default_runbook()
+        spec = root / "target" / "hold.spec"
         for point in points:
             before = await asyncio.to_thread(_attempts, root / "state.db", point.step_id)
-            error = await asyncio.to_thread(_kill_at, root, _start(root), point, before)
+            if point.write_point is not None:
+                spec.write_text(hold_spec(rb, point, await asyncio.to_thread(_done_steps, root / "state.db")))
+            error = await asyncio.to_thread(_kill_at, root, _start(root), point, before, outcome)
+            spec.unlink(missing_ok=True)
             if error:
                 outcome.problems.append(error)
                 return outcome
+        for since, at in zip([0, *outcome.killed_at], outcome.killed_at, strict=False):
+            running = writes_running(log, at, since)
+            if running:
+                outcome.on_target.append(running[0])
         final = await asyncio.to_thread(_finish, _start(root))
         if final.get("status") != "completed":
             outcome.problems.append(f"after the last kill the bot ended {final}")
@@ -370,9 +498,32 @@ def test_kill_plan_is_seeded_and_covers_restore_and_stability() -> None:
     assert sum(len(p) for p in plan) == POINTS
     steps = {p.step_id for inc in plan for p in inc}
     assert {"full_restore", "selective_restore", "transaction_rollback", "stability_checks"} <= steps
+    held = [p for inc in plan for p in inc if p.write_point is not None]
+    assert len(held) >= MIN_ON_TARGET and all(_agent_op(rb.step(p.step_id)) for p in held)
+    assert {p.step_id for p in held} >= {"full_restore", "selective_restore", "transaction_rollback"}
+    assert all(len(inc) == KILLS_PER_INCIDENT for inc in plan)
     # no step the drill runs may ask a person after a crash: all idempotent or read-only
     for strategy in STRATEGIES:
         assert all(s.is_idempotent for s in _killable(rb, strategy))
+
+
+def test_hold_spec_counts_the_runs_of_the_op_still_ahead() -> None:
+    rb = default_runbook()
+    again = KillPoint(1, "C", "restrict_access_again", 0, 2)
+    assert hold_spec(rb, again, set()) == "restrict_access 1 2\n"  # restrict_access runs first
+    assert hold_spec(rb, again, {"restrict_access"}) == "restrict_access 0 2\n"
+    assert hold_spec(rb, KillPoint(1, "C", "full_restore", 0, 4), set()) == "restore 0 4\n"
+
+
+def test_writes_running_reads_spans_from_the_command_log(tmp_path: Path) -> None:
+    log = tmp_path / "command.log"
+    log.write_text("100 7 begin restore\n150 8 begin verify\n160 8 end verify:0\n"
+                   "200 7 end restore:137\n300 9 begin pm_stop\n")
+    assert writes_running(log, 120) == ["restore"]
+    assert writes_running(log, 155) == ["restore"]  # verify only reads
+    assert writes_running(log, 250) == []
+    assert writes_running(log, 400) == ["pm_stop"]  # never ended: died with this kill
+    assert writes_running(log, 500, since_ns=400) == []  # not with the next one
 
 
 async def test_journal_check_catches_a_silent_rerun_and_an_unjournaled_effect(tmp_path: Path) -> None:
@@ -405,8 +556,12 @@ async def test_crash_points(sshd_target: SshdTarget, tmp_path: Path,
     passed = sum(len(o.points) for o in outcomes if not o.problems)
     interrupted = sum(o.interrupted for o in outcomes)
     reran = sum(o.rerun_effects for o in outcomes)
-    proof_report(f"crash: {passed}/{POINTS} (seed {SEED}, {len(plan)} incidents, {interrupted} steps "
-                 f"interrupted and re-run, {reran} of them had reached the target; "
-                 f"{time.monotonic() - started:.0f} s)")
+    landed = [w for o in outcomes for w in o.on_target]
+    kinds = ", ".join(f"{w} {landed.count(w)}" for w in sorted(set(landed)))
+    proof_report(f"crash: {passed}/{POINTS} (seed {SEED}, {len(plan)} incidents); {len(landed)} of "
+                 f"{sum(len(o.killed_at) for o in outcomes)} kills landed while a change was running on the "
+                 f"target ({kinds}); {interrupted} steps interrupted and re-run, {reran} of them had reached "
+                 f"the target; {time.monotonic() - started:.0f} s")
     failures = [(str(o.points[0]), o.problems) for o in outcomes if o.problems]
     assert not failures, "\n".join(f"{first}: {problems}" for first, problems in failures)
+    assert len(landed) >= MIN_ON_TARGET, f"only {len(landed)} kills landed while a change ran on the target"

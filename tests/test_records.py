@@ -132,8 +132,8 @@ async def test_drill_over_sshd_keeps_the_whole_record(tmp_path: Path) -> None:
         assert details["application_rollback"]["method"] == "command"
         assert runs["notify_initiated"].status.value == "skipped"
         phases = report.split("## Phases", 1)[1].split("\n## ", 1)[0]
-        assert "Selective rollback: restore the rows the deployment touched from the backup — skipped: runs only when " \
-               "the strategy choice is 'A'; it is 'C'" in phases
+        assert "Selective rollback: restore the rows the deployment touched from the backup — skipped: " \
+               "runs only when the strategy choice is 'A'; it is 'C'" in phases
         assert "Stakeholder notification: rollback initiated — skipped: no stakeholder webhook" in phases
         assert "error:" not in "".join(line for line in report.splitlines() if "step skipped" in line)
         assert phases.index("Phase 5:") < phases.index("Phase 6:")

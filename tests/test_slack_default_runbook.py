@@ -119,10 +119,10 @@ async def _check_thread(fake: SlackFake, services: Any, incident_id: str, strate
         assert shown[0].text == f"{phase.title}: done", shown[0].text
     edited = [m for m in thread if m.edits and "Phase" in m.text]
     assert len(edited) >= 3, "phase checklists are edited in place as steps run"
-    restoration = next(m for m in thread if "Phase 3: Database Restoration" in str(m.blocks))
+    restoration = next(m for m in thread if "*Phase 3: Database Restoration*" in str(m.blocks))
     facts = {"A": "restored: ", "C": "restored_from: "}[strategy]
     assert facts in str(restoration.blocks), str(restoration.blocks)[:500]
-    backup_phase = next(m for m in thread if "Phase 2: Database State Assessment" in str(m.blocks))
+    backup_phase = next(m for m in thread if "*Phase 2: Database State Assessment" in str(m.blocks))
     assert "file_sha256" in str(backup_phase.blocks)
     # Milestones broadcast to the channel.
     broadcast = " ".join(str(m.blocks) for m in thread if m.reply_broadcast)

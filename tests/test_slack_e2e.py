@@ -239,8 +239,9 @@ async def test_whole_incident_from_start_to_completion(harness: Harness) -> None
     assert len(runs) == 2
 
     # Long output went into a file in the thread, not into a message.
-    assert len(h.fake.files) == 1 and h.fake.files[0].thread_ts == h.thread_ts()
-    assert "2999\n3000" in h.fake.files[0].text
+    outputs = [f for f in h.fake.files if not f.filename.startswith("plan_")]  # the plan is a file too
+    assert len(outputs) == 1 and outputs[0].thread_ts == h.thread_ts()
+    assert "2999\n3000" in outputs[0].text
     assert not any("2999" in str(m.blocks) for m in h.thread())
 
     # The manual item; then the incident is complete.
@@ -253,7 +254,7 @@ async def test_whole_incident_from_start_to_completion(harness: Harness) -> None
     assert any("completed" in str(m.blocks) for m in final)
     assert not h.fake.buttons(CH, h.thread_ts())  # nothing left to press
     _assert_thread_matches_state(h, await _state_messages(h))
-    checklist = next(m for m in h.thread() if "Phase 3: Database Restoration" in str(m.blocks))
+    checklist = next(m for m in h.thread() if "*Phase 3: Database Restoration*" in str(m.blocks))
     assert "path: `/srv/backup.db`" in str(checklist.blocks) and checklist.edits  # edited in place
 
 
@@ -519,6 +520,7 @@ async def test_lost_answers_to_posts_and_uploads_double_nothing(harness: Harness
     await h.driver.press(h.fake.find_button(CH, h.thread_ts(), text="Retry"), LEAD)
     await h.idle()
     assert any(c.error == "response_lost" for c in h.fake.calls_to("files.completeUploadExternal"))
-    assert len([f for f in h.fake.files if f.completed]) == 1
+    done = [f.filename for f in h.fake.files if f.completed]
+    assert len(done) == len(set(done)) == 2  # the rendered plan and the long output, once each
     _assert_thread_matches_state(h, await _state_messages(h))
     assert len([m for m in h.fake.messages(CH) if not m.is_reply]) == 1

@@ -109,9 +109,11 @@ async def test_a_failed_check_holds_the_next_phase_and_asks(env: ClockEnv, healt
     await env.tick()
     await env.tick(60)
     health.mode = "failing"
+    kicks = len(env.kicks)
     await env.tick(60)
     w = await env.engine.waiting_for(iid)
     assert w is not None and w.kind == "stability_failed"
+    assert env.kicks[kicks:] == [iid]  # whoever waits for the series is woken to see it failed
     assert [o["value"] for o in w.options] == ["extend", "maintenance", "continue"]
     assert "HTTP 503" in (w.error or "") and "'error'" in (w.error or "")
     run = (await env.store.latest_runs(iid))["stability_checks"]
@@ -177,7 +179,11 @@ async def test_slow_answers_fail_against_the_baseline(tmp_path: Path, health: He
     try:
         iid = await _to_series(env)
         await env.tick()
-        health.delay = 0.3  # far over 5x a loopback baseline (floor 50 ms)
+        # Slower than the limit the bot derives from the baseline it measured (on a busy machine
+        # the baseline is slower too): 5x the baseline, at least the 50 ms floor, at most 2 s.
+        baseline = float((await env.store.latest_runs(iid))["health_before"].captures["latency_ms"])
+        limit_s = min(2000.0, max(baseline * 5, 50.0)) / 1000
+        health.delay = limit_s * 1.5 + 0.1
         await env.tick(60)
         assert (await env.engine.waiting_for(iid)).kind == "stability"  # type: ignore[union-attr]
         await env.tick(60)  # the second failure in a row is one more than allowed

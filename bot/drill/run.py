@@ -21,9 +21,10 @@ from typing import Any, TextIO
 from bot.drill.clock import DrillClock
 from bot.drill.record_checks import record_checks
 from bot.drill.sandbox import Sandbox, build_sandbox
+from bot.drill.simulate import DrillError, run_simulated
 from bot.drill.verdict import Verdict, check_verdict
 from bot.engine import Engine, Target, Waiting
-from bot.lifecycle import FINAL, Status
+from bot.lifecycle import Status
 from bot.metrics import gather, rollback_seconds
 from bot.people import fixed_names
 from bot.records import Records, RecordsConfig
@@ -63,13 +64,14 @@ class DrillResult:
 def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
     """The simulated person's answer to what the incident waits for."""
     values = [o["value"] for o in w.options]
-    if w.kind == "choice" and w.step_id == "strategy":
+    if w.kind == "choice" and (w.step_id == "strategy" or {"A", "B", "C"} <= set(values)):
         why = next((o.get("disabled") for o in w.options if o["value"] == strategy), None)
         if why:
             raise DrillError(f"strategy {strategy} is not available on this target: {why}")
         return strategy
-    if w.kind == "choice" and w.step_id == "restore_backup":
-        wanted = str(sandbox.backup_path)
+    wanted = str(sandbox.backup_path)
+    if w.kind == "choice" and (w.step_id == "restore_backup" or any(Path(v).name.startswith(
+            "production_backup_") for v in values)):
         for v in values:
             if v == wanted or Path(v).name == Path(wanted).name:
                 return v
@@ -80,10 +82,6 @@ def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
     if w.kind == "manual":
         return "done"
     raise DrillError(f"step {w.step_id} {w.kind}: {w.error or w.prompt}")
-
-
-class DrillError(RuntimeError):
-    """The drill could not go on (a step failed or an expected option was missing)."""
 
 
 async def run_drill(
@@ -152,29 +150,9 @@ async def run_drill(
         clock = await DrillClock.start(engine, root, time_scale=time_scale)
         closers.append(clock.close)
         notes: list[str] = []
-        idle = 0
-        while True:
-            clock.before_run()
-            inc = await engine.run(inc.id)
-            if inc.status in FINAL:
-                break
-            w = await engine.waiting_for(inc.id)
-            if w is None and inc.status is Status.WAITING and idle < 3:
-                # A scheduled job (the last check of a series) may have settled the wait
-                # between ``run`` returning and this look: run again.
-                idle += 1
-                continue
-            idle = 0
-            if w is None:
-                raise DrillError(f"incident {inc.id} is {inc.status.value} but waits for nothing")
-            if await clock.handle(engine, inc.id, w, timeout=60 + 3600 * 3 * time_scale):
-                continue
-            if w.kind == "approval":
-                for user, roles in DRILL_APPROVERS:
-                    await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
-                continue
-            answer = _pick(w, strategy, sandbox)
-            await engine.answer(inc.id, w.step_id, answer, user=DRILL_COMMANDER, roles=["incident_commander"])
+        inc = await run_simulated(engine, clock, inc.id, approvers=list(DRILL_APPROVERS),
+                                  answer=lambda w: _pick(w, strategy, sandbox), answerer=DRILL_COMMANDER,
+                                  time_scale=time_scale)
         recovery = rollback_seconds(await gather(store, runbook, inc.id))
         notes += await clock.summary(inc.id)
         verdict = await check_verdict(store=store, incident=inc, transport=transport,
@@ -226,12 +204,32 @@ def print_result(result: DrillResult, out: TextIO, *, kept: bool) -> None:
 
 def drill_main(args: Any) -> int:
     """Entry point of ``rollback-bot drill``; exit 0 only on a passing verdict."""
+    from bot.drill.sshd import SshdUnavailable, sshd_missing
+
     out = sys.stdout
+    missing = sshd_missing() if args.ssh else None
+    if missing:
+        print(f"rollback-bot drill: --ssh needs OpenSSH's sshd on this machine: {missing}", file=sys.stderr)
+        return 3
+    runbook = None
+    if getattr(args, "runbook", None):
+        from bot.runbook import RunbookError, load_runbook
+
+        try:
+            runbook = load_runbook(args.runbook)
+        except RunbookError as exc:
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            return 2
     try:
         result = asyncio.run(run_drill(strategy=args.strategy, use_ssh=args.ssh, keep=args.keep,
-                                       time_scale=args.time_scale))
+                                       time_scale=args.time_scale, runbook=runbook))
     except DrillError as exc:
         out.write(f"\nDRILL FAILED: {exc}\n")
         return 1
+    except SshdUnavailable as exc:
+        reason = " ".join(str(exc).split())[:300]
+        print(f"rollback-bot drill: --ssh needs OpenSSH's sshd on this machine: {reason}", file=sys.stderr)
+        return 3
     print_result(result, out, kept=args.keep)
     return 0 if result.verdict.passed and result.status is Status.COMPLETED else 1

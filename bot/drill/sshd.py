@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SSHD = "/usr/sbin/sshd"
+#: The sshd binary (``$ROLLBACK_BOT_SSHD`` overrides it).
+SSHD = os.environ.get("ROLLBACK_BOT_SSHD") or "/usr/sbin/sshd"
 
 
 class SshdUnavailable(RuntimeError):
@@ -92,12 +93,21 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Pat
     raise SshdUnavailable(f"sshd did not listen on {host}:{port}: {log.read_text()[-2000:]}")
 
 
+def sshd_missing() -> str | None:
+    """Why sshd cannot be started here (a binary is missing), or None."""
+    for binary in (os.environ.get("ROLLBACK_BOT_SSHD") or SSHD, "ssh-keygen"):
+        if shutil.which(binary) is None:
+            return f"{binary} not found: apt-get install openssh-server"
+    return None
+
+
 @contextmanager
 def start_sshd(base: Path) -> Iterator[SshdTarget]:
     """Run ``sshd -D`` on a free loopback port with keys under ``base``; stop it on exit."""
-    for binary in (SSHD, "ssh-keygen"):
-        if shutil.which(binary) is None:
-            raise SshdUnavailable(f"{binary} not found: apt-get install openssh-server")
+    missing = sshd_missing()
+    if missing:
+        raise SshdUnavailable(missing)
+    sshd = os.environ.get("ROLLBACK_BOT_SSHD") or SSHD
     base.mkdir(parents=True, exist_ok=True)
     host_key_line = keygen(base / "ssh_host_ed25519_key")
     client_line = keygen(base / "client_key")
@@ -115,7 +125,7 @@ def start_sshd(base: Path) -> Iterator[SshdTarget]:
 
     log = base / "sshd.log"
     with log.open("wb") as log_file:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_for_port("127.0.0.1", port, proc, log)
         yield SshdTarget(
