@@ -17,7 +17,8 @@ the store's step runs) and its whole-run wall time, the script's wall time and i
 for the machine steps alone, the ratios and the per-step overhead. Steps with no
 one-script form (scheduled stability series, notifications, governance record, evidence
 archive, report) are left out of both and their engine time is printed apart. Every
-sqlite op pays python3's start-up on the target in both variants. Only loopback traffic.
+sqlite op pays python3's start-up on the target in both variants, and both run the agent
+installed in the target's cache. Only loopback traffic.
 
     python bench/runbook_overhead.py                  # strategy C, 3 repetitions
     python bench/runbook_overhead.py --strategy A --repeat 5 --steps
@@ -353,7 +354,7 @@ def render_actions(runbook: Runbook, run: EngineRun, settings: TargetSettings,
         if what == "options":
             assert isinstance(step, ChoiceStep) and step.options_from is not None
             params = render_value(step.options_from.params, ctx)
-            command, stdin = build_command(step.options_from.op, params, python=settings.python)
+            command, stdin = build_command(step.options_from.op, params, python=settings.python, agent_dir="")
             actions.append(Action(step_id, "options", command, stdin))
         elif isinstance(step, CommandStep):
             actions.append(Action(step_id, "command", render_shell(step.run, ctx),
@@ -361,7 +362,7 @@ def render_actions(runbook: Runbook, run: EngineRun, settings: TargetSettings,
         elif isinstance(step, SqliteStep):
             params = render_value(step.params, ctx)
             params["db"] = render_text(step.db, ctx)
-            command, stdin = build_command(step.op, params, python=settings.python)
+            command, stdin = build_command(step.op, params, python=settings.python, agent_dir="")
             actions.append(Action(step_id, "sqlite", command, stdin))
         elif isinstance(step, HttpStep):
             actions.append(Action(step_id, "http", _curl(step, ctx), expect=tuple(step.expect_status)))
