@@ -22,7 +22,6 @@ The bytes each transport was sent and how often the bundle went are counted per 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -30,7 +29,6 @@ import shlex
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from actions.transport import ShellResult, Transport
 
@@ -38,25 +36,18 @@ log = logging.getLogger(__name__)
 
 #: The package name of the agent on the target.
 PACKAGE = "rollback_bot_agent"
-#: The agent's files in this repository, in the order they are hashed (name on the target -> source).
-SOURCES: dict[str, Path] = {
-    f"{PACKAGE}/__init__.py": Path(__file__).with_name("sqlite_agent.py"),
-}
 #: Exit status and kind of a bootstrap that found no valid install.
 MISSING_STATUS = 3
 MISSING_KIND = "agent_missing"
 #: Where the install goes when no directory is given: resolved on the target.
 DEFAULT_DIR = ""
 
+#: The agent's files: (path under the install, bytes), in the order they are hashed; the
+#: package ``PACKAGE`` with a ``main(argv)`` in its ``__init__``.
+Bundle = tuple[tuple[str, bytes], ...]
 
 
-@functools.cache
-def agent_bundle() -> tuple[tuple[str, bytes], ...]:
-    """The agent's files as (name on the target, bytes), read once per process."""
-    return tuple((name, path.read_bytes()) for name, path in SOURCES.items())
-
-
-def bundle_sha256(files: tuple[tuple[str, bytes], ...]) -> str:
+def bundle_sha256(files: Bundle) -> str:
     """sha256 over every (name, size, bytes) in order: the install's content address."""
     h = hashlib.sha256()
     for name, data in files:
@@ -187,10 +178,9 @@ async def _send(transport: Transport, command: str, stdin: str | None, *, timeou
     return await transport.run(command, timeout=timeout, cwd=cwd, stdin=stdin)
 
 
-async def install(transport: Transport, *, python: str, agent_dir: str = DEFAULT_DIR,
+async def install(transport: Transport, files: Bundle, *, python: str, agent_dir: str = DEFAULT_DIR,
                   timeout: float = 60.0, cwd: str | None = None) -> bool:
     """Send the bundle and install it on the target; False (and inline from now on) if it cannot be."""
-    files = agent_bundle()
     sha = bundle_sha256(files)
     names = [n for n, _ in files]
     payload = json.dumps({n: base64.b64encode(d).decode("ascii") for n, d in files})
@@ -222,13 +212,12 @@ def _last_json(stdout: str) -> dict[str, object]:
     return {}
 
 
-def bootstrap(agent_dir: str = DEFAULT_DIR) -> str:
-    """The bootstrap's ``-c`` text for this process's agent bundle, installed under ``agent_dir``."""
-    files = agent_bundle()
+def bootstrap(files: Bundle, agent_dir: str = DEFAULT_DIR) -> str:
+    """The bootstrap's ``-c`` text for the bundle ``files`` installed under ``agent_dir``."""
     return bootstrap_source(bundle_sha256(files), [n for n, _ in files], agent_dir)
 
 
-async def run_agent(transport: Transport, cached: tuple[str, str | None],
+async def run_agent(transport: Transport, files: Bundle, cached: tuple[str, str | None],
                     inline: Callable[[], tuple[str, str | None]], *,
                     python: str, agent_dir: str, timeout: float, cwd: str | None) -> ShellResult:
     """Run an operation with the installed agent, installing it first when the target lacks it.
@@ -242,6 +231,6 @@ async def run_agent(transport: Transport, cached: tuple[str, str | None],
     result = await _send(transport, *cached, timeout=timeout, cwd=cwd)
     if not is_missing(result):
         return result
-    if not await install(transport, python=python, agent_dir=agent_dir, timeout=max(timeout, 30.0), cwd=cwd):
+    if not await install(transport, files, python=python, agent_dir=agent_dir, timeout=max(timeout, 30.0), cwd=cwd):
         return await _send(transport, *inline(), timeout=timeout, cwd=cwd)
     return await _send(transport, *cached, timeout=timeout, cwd=cwd)

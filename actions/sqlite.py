@@ -139,6 +139,12 @@ def agent_source() -> str:
     return AGENT_PATH.read_text(encoding="utf-8")
 
 
+@functools.cache
+def agent_bundle() -> agent_cache.Bundle:
+    """The agent as the package installed on the target (``actions.agent_cache``)."""
+    return ((f"{agent_cache.PACKAGE}/__init__.py", agent_source().encode("utf-8")),)
+
+
 def agent_sha256() -> str:
     """sha256 of the agent's source: names exactly which code ran on the target."""
     return hashlib.sha256(agent_source().encode("utf-8")).hexdigest()
@@ -170,7 +176,7 @@ def build_command(
     if not python or "\0" in python:
         raise ValueError("python must name the target's Python 3 executable")
     payload = encode_params(params)
-    code = agent_source() if agent_dir is None else agent_cache.bootstrap(agent_dir)
+    code = agent_source() if agent_dir is None else agent_cache.bootstrap(agent_bundle(), agent_dir)
     head = [shlex.quote(python), "-I", "-c", shlex.quote(code), shlex.quote(op)]
     inline = " ".join([*head, shlex.quote(payload)])
     if len(inline.encode("utf-8")) <= MAX_COMMAND_BYTES:
@@ -248,7 +254,7 @@ async def sqlite_op(
     """
     cached = build_command(op, params, python=python, agent_dir=agent_dir)
     result = await agent_cache.run_agent(
-        transport, cached, lambda: build_command(op, params, python=python),
+        transport, agent_bundle(), cached, lambda: build_command(op, params, python=python),
         python=python, agent_dir=agent_dir, timeout=timeout, cwd=cwd)
     return parse_result(op, result)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actions import agent_cache
+from actions import agent_cache, sqlite
 from actions.local import LocalTransport
 from actions.sqlite import MAX_COMMAND_BYTES, agent_source, build_command, sqlite_op
 from actions.transport import Transport
@@ -78,8 +78,8 @@ async def test_agent_crosses_the_wire_once_per_connection_and_again_when_it_chan
         assert tampered.uploads == 1 and _installs(cache) == [install]
 
         # A changed agent (a new release of the bot) has a new address: sent once more.
-        changed = tuple((name, data + b"\n# changed\n") for name, data in agent_cache.agent_bundle())
-        monkeypatch.setattr(agent_cache, "agent_bundle", lambda: changed)
+        changed = tuple((name, data + b"\n# changed\n") for name, data in sqlite.agent_bundle())
+        monkeypatch.setattr(sqlite, "agent_bundle", lambda: changed)
         _, third = await connection()
         assert third.uploads == 1 and len(_installs(cache)) == 2
         fourth_bytes, fourth = await connection()
@@ -119,7 +119,7 @@ async def test_install_refuses_a_folder_others_may_write_and_falls_back_when_not
 
 
 def test_bootstrap_is_small_and_names_its_content_address() -> None:
-    files = agent_cache.agent_bundle()
+    files = sqlite.agent_bundle()
     sha = agent_cache.bundle_sha256(files)
     command, stdin = build_command("verify", {"db": "x"}, agent_dir="")
     assert stdin is None and sha in command and len(command.encode()) < 3_000
