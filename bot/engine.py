@@ -203,15 +203,19 @@ class Engine:
             self._http = httpx.AsyncClient()
         return self._http
 
+    async def settle(self) -> None:
+        """Wait for the background catch-ups of the view and the audit log (hurried)."""
+        for incident_id, task in list(self._catch_ups.items()):
+            self._hurry[incident_id].set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def aclose(self) -> None:
         """Finish pending view and audit catch-ups, close what the engine owns (its HTTP client).
 
         The store and transports are the caller's.
         """
-        for incident_id, task in list(self._catch_ups.items()):
-            self._hurry[incident_id].set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.settle()
         if self._owns_http and self._http is not None:
             client, self._http = self._http, None
             await client.aclose()
