@@ -268,9 +268,9 @@ class StabilityCheck:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArtifactFile:
-    """A file an attempt made, to be tracked with the attempt's end."""
+    """A file a step made: where, its sha256 and size, when."""
 
     step_id: str | None
     name: str
@@ -281,17 +281,11 @@ class ArtifactFile:
 
 
 @dataclass
-class Artifact:
+class Artifact(ArtifactFile):
     """A file an incident produced, tracked as it was made."""
 
     id: int
     incident_id: str
-    step_id: str | None
-    name: str
-    path: str
-    sha256: str
-    bytes: int
-    at: dt.datetime
 
 
 def _row(cls: type, row: sa.Row[Any]) -> Any:
