@@ -364,6 +364,10 @@ class Engine:
                 await self.audit.flush(sync=sync)
             except Exception:  # the journal keeps every event; the next flush catches up
                 log.exception("audit log flush for %s failed", incident_id)
+        await self._show(incident_id)
+
+    async def _show(self, incident_id: str) -> None:
+        """Tell the views (thread, terminal, scheduled jobs) that the incident changed."""
         if self.on_change is not None:
             try:
                 await self.on_change(incident_id)
@@ -732,7 +736,9 @@ class Engine:
         run = await self.store.begin_step(inc.id, step.id, phase.id)
         # Until it ends, a stop of the bot journals this step as interrupted (see ``stop``).
         self._in_flight[run.id] = (inc.id, step)
-        self._changed_soon(inc.id)
+        # The view shows the step running before its side effect begins; its journal event
+        # reaches the audit log with the next catch-up.
+        await self._show(inc.id)
         started = time.monotonic()
         made = self._made[inc.id] = []
         try:
