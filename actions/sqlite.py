@@ -1,12 +1,14 @@
 """Typed SQLite operations on a target, run there by the agent in ``actions/sqlite_agent.py``.
 
-Nothing is pasted into SQL and no ``sqlite3`` CLI is needed on the target: the agent's source
-(zlib-compressed, base64, decoded by a one-line loader) goes as the ``-c`` argument of the
-target's ``python3`` (3.9+, standard library only), the operation name and its JSON params as
+Nothing is pasted into SQL and no ``sqlite3`` CLI is needed on the target: the agent (3.9+,
+standard library only) is installed once under a content-addressed folder of the target's
+cache and checked by sha256 before each use (``actions.agent_cache``); each operation is a
+short bootstrap given to the target's ``python3``, the operation name and its JSON params as
 two more arguments, each ``shlex.quote``d::
 
-    python3 -I -c 'import base64,zlib;exec(...)' backup '{"db":"databases/production.db",...}'
+    python3 -I -c '<bootstrap: check agent-<sha256>, import it>' backup '{"db":"databases/production.db",...}'
 
+A target with no writable cache gets the agent's whole source as the ``-c`` argument instead.
 ``-I`` (isolated mode) keeps the target's ``PYTHON*`` variables, user site-packages and the
 working directory out of ``sys.path``. Params too long for one command line go through stdin
 (the agent reads them when the argument is ``-``). The agent prints one JSON line;
@@ -90,6 +92,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
+from actions import agent_cache
 from actions.errors import SqliteOpFailed
 from actions.transport import ShellResult, Transport
 
@@ -199,6 +202,12 @@ def agent_loader() -> str:
             f"'<rollback-bot-agent>','exec'))")
 
 
+@functools.cache
+def agent_bundle() -> agent_cache.Bundle:
+    """The agent as the package installed on the target (``actions.agent_cache``)."""
+    return ((f"{agent_cache.PACKAGE}/__init__.py", agent_source().encode("utf-8")),)
+
+
 def agent_sha256() -> str:
     """sha256 of the agent's source: names exactly which code ran on the target."""
     return hashlib.sha256(agent_source().encode("utf-8")).hexdigest()
@@ -218,15 +227,20 @@ def encode_params(params: dict[str, Any]) -> str:
 
 
 def build_command(
-    op: str, params: dict[str, Any], *, python: str = "python3"
+    op: str, params: dict[str, Any], *, python: str = "python3", agent_dir: str | None = None
 ) -> tuple[str, str | None]:
-    """The shell command running ``op`` on the target, and the stdin to give it (or None)."""
+    """The shell command running ``op`` on the target, and the stdin to give it (or None).
+
+    With ``agent_dir`` None the agent's whole source goes in the command; with a folder
+    (``""``: the target's cache) the command runs the agent installed there.
+    """
     if op not in OPS:
         raise ValueError(f"unknown SQLite operation {op!r}")
     if not python or "\0" in python:
         raise ValueError("python must name the target's Python 3 executable")
     payload = encode_params(params)
-    head = [shlex.quote(python), "-I", "-c", shlex.quote(agent_loader()), shlex.quote(op)]
+    code = agent_loader() if agent_dir is None else agent_cache.bootstrap(agent_bundle(), agent_dir)
+    head = [shlex.quote(python), "-I", "-c", shlex.quote(code), shlex.quote(op)]
     inline = " ".join([*head, shlex.quote(payload)])
     if len(inline.encode("utf-8")) <= MAX_COMMAND_BYTES:
         return inline, None
@@ -291,15 +305,20 @@ async def sqlite_op(
     timeout: float,
     python: str = "python3",
     cwd: str | None = None,
+    agent_dir: str = agent_cache.DEFAULT_DIR,
 ) -> dict[str, Any]:
     """Run one agent operation on the target and return its result object.
 
-    Relative paths in ``params`` are relative to ``cwd`` (the transport's default when None).
-    Raises ``SqliteAgentError`` when the agent refuses or fails, and whatever the transport
-    raises (``CommandTimeout``: the target-side timeout killed the agent; ``ConnectionLost``).
+    The agent runs from its install under ``agent_dir`` (default: the target's cache), sent
+    there first when missing (``actions.agent_cache``). Relative paths in ``params`` are
+    relative to ``cwd`` (the transport's default when None). Raises ``SqliteAgentError`` when
+    the agent refuses or fails, and whatever the transport raises (``CommandTimeout``: the
+    target-side timeout killed the agent; ``ConnectionLost``).
     """
-    command, stdin = build_command(op, params, python=python)
-    result = await transport.run(command, timeout=timeout, cwd=cwd, stdin=stdin)
+    cached = build_command(op, params, python=python, agent_dir=agent_dir)
+    result = await agent_cache.run_agent(
+        transport, agent_bundle(), cached, lambda: build_command(op, params, python=python),
+        python=python, agent_dir=agent_dir, timeout=timeout, cwd=cwd)
     return parse_result(op, result)
 
 
@@ -495,11 +514,13 @@ class SqliteOps:
         python: str = "python3",
         cwd: str | None = None,
         timeout: float = 120.0,
+        agent_dir: str = agent_cache.DEFAULT_DIR,
     ) -> None:
         self.transport = transport
         self.python = python
         self.cwd = cwd
         self.timeout = timeout
+        self.agent_dir = agent_dir
 
     async def call(
         self, op: str, params: dict[str, Any], *, timeout: float | None = None
@@ -512,6 +533,7 @@ class SqliteOps:
             timeout=self.timeout if timeout is None else timeout,
             python=self.python,
             cwd=self.cwd,
+            agent_dir=self.agent_dir,
         )
 
     async def integrity_check(

@@ -5,9 +5,10 @@
    busy the whole time). The same signed requests (``/rollback start`` that opens the
    modal, and a click on an Approve button) are sent over HTTP on loopback to the bot's
    real ``/slack/events`` (``bot.slack_app.web_app``) and to a bare Bolt ``AsyncApp`` that
-   only acks, served the same way in the same process and event loop, alternating A/B so
-   both see the same load. The client runs in its own thread with keep-alive
-   connections. Printed: p50/p99 per app and request kind, and the ratio bot/bare.
+   only acks, served the same way (aiohttp) but in a process of its own, so it does not
+   share the bot's interpreter or event loop; alternating A/B so both see the same machine
+   load. The client runs in its own thread with keep-alive connections. Printed: p50/p99
+   per app and request kind, the ratio bot/bare and the load average.
    Targets: p99 < 100 ms, bot p99 <= 1.5x bare Bolt's.
 2. **Web API calls** of one full default-runbook incident (``/rollback start`` to
    completion against the drill sandbox, pressing only the buttons the bot posted),
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -95,10 +98,9 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/slack/events"
 
 
-def _bare_bolt(fake: SlackFake) -> web.Application:
+def _bare_bolt(token: str, base_url: str, signing_secret: str) -> web.Application:
     """A Bolt app that acks the same requests and does nothing else, served like the bot."""
-    app = AsyncApp(client=AsyncWebClient(token=fake.bot_token, base_url=fake.base_url),
-                   signing_secret=fake.signing_secret)
+    app = AsyncApp(client=AsyncWebClient(token=token, base_url=base_url), signing_secret=signing_secret)
 
     async def just_ack(ack: AsyncAck) -> None:
         await ack()
@@ -112,6 +114,49 @@ def _bare_bolt(fake: SlackFake) -> web.Application:
     wa = web.Application()
     wa.add_routes([web.post("/slack/events", events)])
     return wa
+
+
+async def _serve_bare(token: str, base_url: str, signing_secret: str) -> None:
+    """The bare Bolt app's own process: print its URL, serve until stdin closes."""
+    runner, url = await _serve(_bare_bolt(token, base_url, signing_secret))
+    print(url, flush=True)
+    try:
+        await asyncio.to_thread(sys.stdin.read)
+    finally:
+        await runner.cleanup()
+
+
+class BareBolt:
+    """The bare Bolt app in a process of its own (its own interpreter and event loop), like a
+    second service on the same machine; stopped by closing its stdin."""
+
+    def __init__(self, fake: SlackFake) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-bare"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "BARE_BOLT_TOKEN": fake.bot_token, "BARE_BOLT_API_URL": fake.base_url,
+                 "BARE_BOLT_SIGNING_SECRET": fake.signing_secret})
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.close()
+            raise RuntimeError("the bare Bolt process did not start")
+
+    def close(self) -> None:
+        """Stop the process."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load() -> str:
+    """The load averages: other work on the machine moves every figure."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 @dataclass
@@ -240,15 +285,18 @@ async def bench_ack(tmp: Path, n: int, warmup: int, pause: float) -> bool:
 
             bot_runner, bot_url = await _serve(web_app(app, services))
             runners.append(bot_runner)
-            bare_runner, bare_url = await _serve(_bare_bolt(fake))
-            runners.append(bare_runner)
+            bare = await asyncio.to_thread(BareBolt, fake)
             running_before = await _running(services)
             calls_before = len(fake.calls)
             started = time.monotonic()
-            times = await asyncio.to_thread(_measure, {"bot": bot_url, "bare Bolt": bare_url}, captured, pause)
+            try:
+                times = await asyncio.to_thread(_measure, {"bot": bot_url, "bare Bolt": bare.url}, captured, pause)
+            finally:
+                await asyncio.to_thread(bare.close)
             took = time.monotonic() - started
             running_after = await _running(services)
             api_calls = len(fake.calls) - calls_before
+            measured_load = load()
         finally:
             for r in runners:
                 await r.cleanup()
@@ -256,7 +304,9 @@ async def bench_ack(tmp: Path, n: int, warmup: int, pause: float) -> bool:
 
     print(f"Ack latency over HTTP on loopback, {n} requests per kind and app (+{warmup} warm-up, dropped), "
           f"{running_before} incidents running at the start and {running_after} at the end; "
-          f"{took:.1f} s, {api_calls} Web API calls by the bot meanwhile, {threading.active_count()} threads")
+          f"{took:.1f} s, {api_calls} Web API calls by the bot meanwhile, {threading.active_count()} threads; "
+          f"the bare Bolt app runs in its own process (pid {bare.proc.pid}), the bot in this one; "
+          f"{measured_load}")
     print(f"  {'request':<22} {'app':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     ok = True
     for kind, label in (("start", "/rollback start"), ("click", "button click (Approve)")):
@@ -335,7 +385,13 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.005, help="seconds between two requests")
     parser.add_argument("--skip-incident", action="store_true", help="skip the Web API call count")
     parser.add_argument("--timeout", type=float, default=300, help="give up after this many seconds")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_bare:  # the baseline's own process (see BareBolt)
+        asyncio.run(_serve_bare(os.environ["BARE_BOLT_TOKEN"], os.environ["BARE_BOLT_API_URL"],
+                                os.environ["BARE_BOLT_SIGNING_SECRET"]))
+        return 0
+    print(load(), flush=True)
     try:
         return asyncio.run(asyncio.wait_for(main_async(args), args.timeout))
     except TimeoutError:

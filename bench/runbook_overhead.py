@@ -1,4 +1,4 @@
-"""Benchmark: the engine's cost of running the default runbook's machine steps over SSH.
+"""Benchmark: what the engine costs over a plain script, for the whole incident.
 
 Each repetition runs the default runbook twice, each time on a fresh, identical drill
 sandbox (same root, port, seed and clock) reached through a real local sshd:
@@ -10,17 +10,20 @@ sandbox (same root, port, seed and clock) reached through a real local sshd:
 2. **one script**: the same commands, rendered with the engine's own context and
    templating (``render_shell`` for command steps, ``actions.sqlite.build_command`` for
    sqlite steps and option listings, ``curl`` for http steps, ``sleep`` for waits), piped
-   as ONE script to ``ssh host bash -s`` with the system OpenSSH client.
+   as ONE script to ``ssh host bash -s`` with the system OpenSSH client, checked too.
 
-Printed per repetition and as medians: the engine's sum of machine-step durations (from
-the store's step runs) and its whole-run wall time, the script's wall time and its time
-for the machine steps alone, the ratios and the per-step overhead. Steps with no
-one-script form (scheduled stability series, notifications, governance record, evidence
-archive, report) are left out of both and their engine time is printed apart. Every
-sqlite op pays python3's start-up on the target in both variants. Only loopback traffic.
+The headline is the whole run: the incident's wall time through the engine (approvals,
+choices, journal, audit log, view) against the script's, and the difference per machine
+step (the bookkeeping). The machine steps alone (their durations in the store against the
+script's time for them) are a detail. Steps with no one-script form (scheduled stability
+series, notifications, governance record, evidence archive, report) are left out of both
+and their engine time is printed apart. Every sqlite op pays python3's start-up on the
+target in both variants, and both run the agent installed in the target's cache. With
+``--strategy all`` (the default) the repetitions take strategies A, B and C in turn.
+Only loopback traffic.
 
-    python bench/runbook_overhead.py                  # strategy C, 3 repetitions
-    python bench/runbook_overhead.py --strategy A --repeat 5 --steps
+    python bench/runbook_overhead.py                  # A, B, C: 3 repetitions
+    python bench/runbook_overhead.py --strategy C --repeat 5 --steps
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ from bot.store import StepRun, Store
 from bot.targets import TargetSettings, open_transport
 from bot.templating import render_shell, render_text, render_value
 
-RATIO_TARGET = 1.25
+#: The whole incident against the one script, and the engine's bookkeeping a machine step.
+RATIO_TARGET = 1.10
 PER_STEP_TARGET_MS = 15.0
 #: Step kinds compared with the one script; others (stability series, maintenance windows,
 #: governance record, evidence archive, report, notifications, GitHub) are timed apart.
@@ -352,7 +356,7 @@ def render_actions(runbook: Runbook, run: EngineRun, settings: TargetSettings,
         if what == "options":
             assert isinstance(step, ChoiceStep) and step.options_from is not None
             params = render_value(step.options_from.params, ctx)
-            command, stdin = build_command(step.options_from.op, params, python=settings.python)
+            command, stdin = build_command(step.options_from.op, params, python=settings.python, agent_dir="")
             actions.append(Action(step_id, "options", command, stdin))
         elif isinstance(step, CommandStep):
             actions.append(Action(step_id, "command", render_shell(step.run, ctx),
@@ -360,7 +364,7 @@ def render_actions(runbook: Runbook, run: EngineRun, settings: TargetSettings,
         elif isinstance(step, SqliteStep):
             params = render_value(step.params, ctx)
             params["db"] = render_text(step.db, ctx)
-            command, stdin = build_command(step.op, params, python=settings.python)
+            command, stdin = build_command(step.op, params, python=settings.python, agent_dir="")
             actions.append(Action(step_id, "sqlite", command, stdin))
         elif isinstance(step, HttpStep):
             actions.append(Action(step_id, "http", _curl(step, ctx), expect=tuple(step.expect_status)))
@@ -492,48 +496,53 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def report(reps: list[Repetition], strategy: str, show_steps: bool) -> bool:
-    """Print the medians and the target lines; True when both targets are met."""
-    n = reps[0].steps
-    pairs_steps = [(sum(r.engine.step_durations.values()), r.script.wall - r.script.options_seconds) for r in reps]
-    pairs_run = [(r.engine.compared_wall, r.script.wall) for r in reps]
-    e_steps = statistics.median(e for e, _ in pairs_steps)
-    s_steps = statistics.median(s for _, s in pairs_steps)
-    e_wall = statistics.median(e for e, _ in pairs_run)
-    s_wall = statistics.median(s for _, s in pairs_run)
-    # Ratio and overhead are medians over the repetitions' own pairs (each engine run and
+def report(reps: list[Repetition], strategies: str, show_steps: bool) -> bool:
+    """Print the medians and the target lines; True when the whole-run targets are met."""
+    pairs_run = [(r.engine.compared_wall, r.script.wall, r.steps) for r in reps]
+    pairs_steps = [(sum(r.engine.step_durations.values()), r.script.wall - r.script.options_seconds, r.steps)
+                   for r in reps]
+    # Ratios and overheads are medians over the repetitions' own pairs (each engine run and
     # its script run are close in time), so a load change between repetitions cancels out.
-    ratio = statistics.median(e / s for e, s in pairs_steps)
-    per_step = statistics.median((e - s) / n for e, s in pairs_steps)
-    ratio_run = statistics.median(e / s for e, s in pairs_run)
-    per_step_run = statistics.median((e - s) / n for e, s in pairs_run)
+    e_wall = statistics.median(e for e, _, _ in pairs_run)
+    s_wall = statistics.median(s for _, s, _ in pairs_run)
+    ratio_run = statistics.median(e / s for e, s, _ in pairs_run)
+    per_step_run = statistics.median((e - s) / n for e, s, n in pairs_run)
+    e_steps = statistics.median(e for e, _, _ in pairs_steps)
+    s_steps = statistics.median(s for _, s, _ in pairs_steps)
+    ratio = statistics.median(e / s for e, s, _ in pairs_steps)
+    per_step = statistics.median((e - s) / n for e, s, n in pairs_steps)
+    steps = sorted({n for _, _, n in pairs_run})
     print()
-    print(f"medians of {len(reps)} repetitions, strategy {strategy} (ratio and overhead: medians of "
+    print(f"medians of {len(reps)} repetitions, strategies {strategies} (ratios and overheads: medians of "
           "each repetition's own pair):")
-    print(f"runbook: engine {e_steps:.2f} s, one script {s_steps:.2f} s, ratio {ratio:.2f} "
-          f"(target <= {RATIO_TARGET}), per-step overhead {per_step * 1000:.1f} ms "
-          f"(target <= {PER_STEP_TARGET_MS:g} ms), {n} machine steps")
-    print(f"  engine = sum of the {n} machine-step durations in the store; one script = ssh wall "
-          "time (connect + login + the same steps) minus the option listing(s)")
     print(f"whole run: engine {e_wall:.2f} s, one script {s_wall:.2f} s, ratio {ratio_run:.2f} "
-          f"(target <= {RATIO_TARGET}), per-step overhead {per_step_run * 1000:.1f} ms "
-          f"(target <= {PER_STEP_TARGET_MS:g} ms)")
-    print("  engine = wall time of the whole incident (approvals, choices, journal, audit log, option "
-          "listing) less the steps below; one script = ssh wall time with the option listing")
-    excluded = reps[0].engine.excluded
+          f"(target <= {RATIO_TARGET}), bookkeeping {per_step_run * 1000:.1f} ms a machine step "
+          f"(target <= {PER_STEP_TARGET_MS:g} ms), {'/'.join(map(str, steps))} machine steps")
+    print("  engine = wall time of the whole incident (approvals, choices, journal, audit log, view, option "
+          "listing) less the steps below; one script = ssh wall time (connect, login, the same commands "
+          "and the option listing); bookkeeping = (engine - script) / machine steps")
+    print(f"  machine steps alone: engine {e_steps:.2f} s, one script {s_steps:.2f} s, ratio {ratio:.2f}, "
+          f"{per_step * 1000:.1f} ms a step (engine = sum of the machine-step durations in the store; "
+          "one script = its ssh wall time less the option listing)")
+    excluded: dict[str, tuple[str, list[float]]] = {}
+    for r in reps:
+        for step_id, (kind, seconds) in r.engine.excluded.items():
+            excluded.setdefault(step_id, (kind, []))[1].append(seconds)
     if excluded:
-        parts = ", ".join(
-            f"{step_id} ({kind}) {statistics.median(r.engine.excluded[step_id][1] for r in reps):.2f} s"
-            for step_id, (kind, _) in excluded.items())
-        print(f"not compared (no one-script form; engine wall, medians): {parts}")
+        parts = ", ".join(f"{step_id} ({kind}) {statistics.median(values):.2f} s"
+                          for step_id, (kind, values) in excluded.items())
+        print(f"  not compared (no one-script form; engine wall, medians): {parts}")
     if show_steps:
         print()
         print(f"{'step':<28}{'engine':>12}{'script':>12}{'diff':>12}   (medians)")
-        for step_id in reps[0].engine.step_durations:
-            e = statistics.median(r.engine.step_durations[step_id] for r in reps)
-            s = statistics.median(r.script.step_seconds.get(step_id, 0.0) for r in reps)
+        ids = list(dict.fromkeys(step_id for r in reps for step_id in r.engine.step_durations))
+        for step_id in ids:
+            both = [(r.engine.step_durations[step_id], r.script.step_seconds.get(step_id, 0.0))
+                    for r in reps if step_id in r.engine.step_durations]
+            e = statistics.median(x for x, _ in both)
+            s = statistics.median(y for _, y in both)
             print(f"{step_id:<28}{_ms(e):>12}{_ms(s):>12}{_ms(e - s):>12}")
-    return ratio <= RATIO_TARGET and per_step * 1000 <= PER_STEP_TARGET_MS
+    return ratio_run <= RATIO_TARGET and per_step_run * 1000 <= PER_STEP_TARGET_MS
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -549,6 +558,7 @@ def bench(args: argparse.Namespace) -> int:
                                python=args.python or real_python3())
             print(f"{load()}; target python for sqlite ops: {spec.python}", flush=True)
             previous: EngineRun | None = None
+            strategies = ["A", "B", "C"] if args.strategy == "all" else [args.strategy]
             for i in range(args.repeat):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -556,14 +566,14 @@ def bench(args: argparse.Namespace) -> int:
                     break
                 # Alternate which variant goes first (after the first engine run, which the
                 # script needs), so neither always meets a warmer machine.
-                script_first = previous is not None and i % 2 == 1
+                script_first = previous is not None and i % 2 == 1 and len(strategies) == 1
+                strategy = strategies[i % len(strategies)]
                 if script_first:
                     assert previous is not None
-                    script, _ = run_script_variant(spec, sshd, runbook, previous, args.strategy,
-                                                   args.time_scale, left)
-                eng = run_engine(spec, sshd, runbook, args.strategy, args.time_scale, left, base / "engine")
+                    script, _ = run_script_variant(spec, sshd, runbook, previous, strategy, args.time_scale, left)
+                eng = run_engine(spec, sshd, runbook, strategy, args.time_scale, left, base / "engine")
                 if not script_first:
-                    script, _ = run_script_variant(spec, sshd, runbook, eng, args.strategy, args.time_scale,
+                    script, _ = run_script_variant(spec, sshd, runbook, eng, strategy, args.time_scale,
                                                    max(deadline - time.monotonic(), 30))
                 previous = eng
                 if eng.verdict_failures or script.failures:
@@ -573,10 +583,11 @@ def bench(args: argparse.Namespace) -> int:
                 reps.append(rep)
                 e_steps = sum(eng.step_durations.values())
                 s_steps = script.wall - script.options_seconds
-                print(f"repetition {i + 1}{' (script first)' if script_first else ''}: "
-                      f"engine steps {e_steps:.2f} s, whole run {eng.compared_wall:.2f} s; "
-                      f"one script {s_steps:.2f} s (+{_ms(script.options_seconds)} option listing); "
-                      f"ratio {e_steps / s_steps:.2f}, whole-run ratio {eng.compared_wall / script.wall:.2f}; "
+                print(f"repetition {i + 1}, strategy {strategy}{' (script first)' if script_first else ''}: "
+                      f"whole run: engine {eng.compared_wall:.2f} s, one script {script.wall:.2f} s, ratio "
+                      f"{eng.compared_wall / script.wall:.2f}, bookkeeping "
+                      f"{_ms((eng.compared_wall - script.wall) / rep.steps)} a step; machine steps: engine "
+                      f"{e_steps:.2f} s, script {s_steps:.2f} s, ratio {e_steps / s_steps:.2f}; "
                       f"{rep.steps} machine steps; both verified", flush=True)
     except SshdUnavailable as exc:
         print(f"cannot run: {exc}")
@@ -585,7 +596,7 @@ def bench(args: argparse.Namespace) -> int:
         shutil.rmtree(base, ignore_errors=True)
     if not reps:
         return 2
-    met = report(reps, args.strategy, args.steps)
+    met = report(reps, args.strategy if args.strategy != "all" else "A, B, C in turn", args.steps)
     print(load())
     return 0 if met or not args.strict else 1
 
@@ -594,8 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategy", choices=("A", "B", "C"), default="C", help="restoration strategy (default C)")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians are printed (default 3)")
+    parser.add_argument("--strategy", choices=("A", "B", "C", "all"), default="all",
+                        help="restoration strategy; all: A, B and C in turn, each verified (default all)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians are printed (default 3: "
+                        "one per strategy)")
     parser.add_argument("--time-scale", type=float, default=0.01,
                         help="factor on wait steps, as in the drill (default 0.01: 60 s -> 0.6 s)")
     parser.add_argument("--rows", type=int, default=200, help="sandbox size, as build_sandbox's rows (default 200)")

@@ -5,11 +5,14 @@
    rows). Each is opened the way a person opens it (``/rollback start``, the form, an
    approval click, all signed and dispatched through the real Bolt app against the Slack
    fake) and then runs the default runbook (backups, verification, the app's snapshot)
-   until it waits for a person. While they run, signed ``/rollback start`` requests and
-   Approve clicks are sent over HTTP on loopback to the bot's real ``/slack/events``
-   (``bot.slack_app.web_app``) from a client thread. Printed: the bot process's peak RSS
-   (VmHWM; the sandboxes' apps are other processes) and the ack p99.
-   Targets: RSS < 250 MB, ack p99 < 100 ms.
+   until it waits for a person. All are opened first; then every approval is pressed at
+   once, so all of them execute together (backups, checks, verification: steps that take
+   time). While they run, signed ``/rollback start`` requests and Approve clicks are sent
+   over HTTP on loopback to the bot's real ``/slack/events`` (``bot.slack_app.web_app``)
+   from a client thread. Printed: how many incidents executed at once (the peak overlap of
+   their executing intervals, from the step runs' times), the bot process's peak RSS
+   (VmHWM; the sandboxes' apps are other processes), the ack p99 and the load average.
+   Targets: all incidents at once, RSS < 250 MB, ack p99 < 100 ms.
 2. **Fan-out**: one command step on a host group of ``--hosts`` (20) hosts, each its own
    ``SSHTransport`` connection to one local sshd, against the same step on one host, both
    through the engine on warm connections. Target: <= 1.5x.
@@ -31,16 +34,29 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "bench"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from ack import CH, IC, NOBODY, REQ, Captured, _capturing, _measure, _open, _pct, _running, _serve  # noqa: E402
+from ack import (  # noqa: E402
+    CH,
+    IC,
+    NOBODY,
+    REQ,
+    Captured,
+    _capturing,
+    _measure,
+    _open,
+    _pct,
+    _running,
+    _serve,
+    load,
+)
 
 from actions.transport import Transport  # noqa: E402
 from bot.config import SlackSecrets, parse_config  # noqa: E402
@@ -49,7 +65,7 @@ from bot.drill.sshd import start_sshd  # noqa: E402
 from bot.engine import Engine, Target  # noqa: E402
 from bot.lifecycle import Status  # noqa: E402
 from bot.runbook import parse_runbook  # noqa: E402
-from bot.services import build_services  # noqa: E402
+from bot.services import Services, build_services  # noqa: E402
 from bot.slack_app import create_app, web_app  # noqa: E402
 from bot.slack_client import make_client  # noqa: E402
 from bot.store import Store  # noqa: E402
@@ -93,8 +109,31 @@ def _stop_all(sandboxes: list[Sandbox]) -> None:
         s.stop()
 
 
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` intervals covering one instant."""
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
+    now = peak = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def executing(services: Services) -> dict[str, tuple[float, float]]:
+    """Each incident's executing interval after its approval: first machine step start to last end."""
+    out: dict[str, tuple[float, float]] = {}
+    for inc in await services.store.incidents():
+        spans = [(r.started_at.timestamp(), r.ended_at.timestamp())
+                 for r in await services.store.step_runs(inc.id)
+                 if r.step_id != "approval" and r.started_at is not None and r.ended_at is not None
+                 and r.waiting is None]
+        if spans:
+            out[inc.id] = (min(a for a, _ in spans), max(b for _, b in spans))
+    return out
+
+
 async def bench_scale(tmp: Path, n: int, rows: int, requests: int, pause: float) -> tuple[bool, str]:
-    """Part 1: the figure line and whether the targets are met."""
+    """Part 1: the figure lines and whether the targets are met."""
     sandboxes = await asyncio.to_thread(_build, tmp / "targets", n, rows)
     try:
         users = {u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}
@@ -116,40 +155,41 @@ async def bench_scale(tmp: Path, n: int, rows: int, requests: int, pause: float)
                 app = create_app(secrets, services)
                 await services.resume()
                 driver = SlackDriver(fake, bolt_sender(app), default_user_id=REQ)
+                # Every incident opened as a person opens it; each then waits for its approval.
+                buttons = []
+                for i in range(n):
+                    thread_ts = await _open(fake, driver, services, f"t{i:02d}")
+                    buttons.append(fake.find_button(CH, thread_ts, action_id="rb_approve"))
                 # The measured requests: /rollback start (opens the modal) and an Approve click
                 # by someone without the role (answered, no effect), signed now, sent later.
                 captured: dict[str, list[Captured]] = {"start": [], "click": []}
                 cap = SlackDriver(fake, _capturing(captured["start"]), default_user_id=REQ)
                 for _ in range(requests):
                     await cap.slash_command(text="start t00 benchmark", channel_id=CH)
+                cap = SlackDriver(fake, _capturing(captured["click"]), default_user_id=NOBODY)
+                for _ in range(requests):
+                    await cap.press(buttons[0], NOBODY)
+                    await asyncio.sleep(0.000002)  # distinct action_ts per click
                 runner, url = await _serve(web_app(app, services))
-                measuring: asyncio.Task[Any] | None = None
-                running_seen = 0
-                for i in range(n):
-                    thread_ts = await _open(fake, driver, services, f"t{i:02d}")
-                    if i == 0:  # the measured clicks: on the first thread, signed while its button is up
-                        click = fake.find_button(CH, thread_ts, action_id="rb_approve")
-                        cap = SlackDriver(fake, _capturing(captured["click"]), default_user_id=NOBODY)
-                        for _ in range(requests):
-                            await cap.press(click, NOBODY)
-                            await asyncio.sleep(0.000002)  # distinct action_ts per click
-                    await driver.press(fake.find_button(CH, thread_ts, action_id="rb_approve"), IC)
-                    if measuring is None:
-                        # Acks are measured while the other incidents are opened, approved and run.
-                        measuring = asyncio.create_task(asyncio.to_thread(_measure, {"bot": url}, captured, pause))
-                    running_seen = max(running_seen, await _running(services))
-                opened = n
-                assert measuring is not None
-                running_before = running_seen
-                measured_during_ramp = measuring.done()
+                # Acks are measured over HTTP while all the incidents run.
+                measuring = asyncio.create_task(asyncio.to_thread(_measure, {"bot": url}, captured, pause))
+                approved_at = time.time()
+                # Every approval answered at once: all incidents start executing together.
+                await asyncio.gather(*(driver.press(b, IC) for b in buttons))
                 times = await measuring
-                running_after = await _running(services)
+                measured_running = await _running(services)
                 acks = [t for kind in ("start", "click") for t in times[("bot", kind)]]
                 with contextlib.suppress(TimeoutError):
-                    await services.idle(timeout=120)  # the incidents reach their first wait for a person
+                    await services.idle(timeout=600)  # the incidents reach their first wait for a person
+                done_at = time.time()
+                spans = await executing(services)
                 states: dict[str, int] = {}
                 for inc in await services.store.incidents():
                     states[inc.status.value] = states.get(inc.status.value, 0) + 1
+                steps = 0
+                for inc in await services.store.incidents():
+                    steps += sum(1 for r in await services.store.step_runs(inc.id) if r.step_id != "approval")
+                measured_load = load()
             finally:
                 if runner is not None:
                     await runner.cleanup()
@@ -158,13 +198,18 @@ async def bench_scale(tmp: Path, n: int, rows: int, requests: int, pause: float)
         await asyncio.to_thread(_stop_all, sandboxes)
     peak = _vm("VmHWM")
     p99 = _pct(acks, 0.99) * 1000
-    ok = peak < 250 and p99 < 100 and states.get(Status.FAILED.value, 0) == 0
-    line = (f"scale: {opened} incidents, RSS peak {peak:.0f} MB (target < 250 MB), ack p99 {p99:.0f} ms "
-            f"(target < 100 ms)")
-    detail = (f"  {len(acks)} acks over HTTP (p50 {_pct(acks, 0.5) * 1000:.1f} ms, max {max(acks) * 1000:.0f} ms); "
-              f"up to {running_before} incidents running at once while the acks were measured, "
-              f"{running_after} at its end ({'it ended before' if measured_during_ramp else 'it outlasted'} "
-              f"the {n} openings); incidents afterwards: {states}; {n} procman sandboxes, {rows} rows each")
+    overlap = peak_overlap(list(spans.values()))
+    shortest = min((b - a for a, b in spans.values()), default=0.0)
+    all_at_once = overlap == n and len(spans) == n
+    ok = peak < 250 and p99 < 100 and states.get(Status.FAILED.value, 0) == 0 and all_at_once
+    line = (f"scale: {n} incidents executing at once: peak overlap {overlap} of {n} "
+            f"({'all at once' if all_at_once else 'NOT all at once'}), RSS peak {peak:.0f} MB (target < 250 MB), "
+            f"ack p99 {p99:.0f} ms (target < 100 ms)")
+    detail = (f"  all {n} approvals pressed at once; {steps} steps ran until each incident waited for a person "
+              f"({done_at - approved_at:.1f} s; each incident executed {shortest:.1f} s at least); "
+              f"{len(acks)} acks over HTTP meanwhile (p50 {_pct(acks, 0.5) * 1000:.1f} ms, "
+              f"max {max(acks) * 1000:.0f} ms), {measured_running} incidents still running when they ended; "
+              f"incidents afterwards: {states}; {n} procman sandboxes, {rows} rows each; {measured_load}")
     return ok, line + "\n" + detail
 
 

@@ -205,16 +205,23 @@ class AuditSink:
         self.batch = batch
         self._lock = asyncio.Lock()
 
-    async def flush(self) -> int:
-        """Copy every journal event not yet in the log; returns how many were copied."""
+    async def flush(self, *, sync: bool = True) -> int:
+        """Copy journal events not yet in the log; returns how many were copied.
+
+        Only events already on disk in the store are copied (a power loss must not take back
+        an event the log holds): with ``sync`` the store is synced first and every event goes,
+        without it the copy stops at the store's last sync (the engine's copies between steps).
+        """
         copied = 0
         async with self._lock:
+            upto = await self.store.sync() if sync else self.store.durable_event_id
             after = await self.log.last_event_id()
             while True:
+                query = sa.select(journal).where(journal.c.id > after)
+                if upto is not None:
+                    query = query.where(journal.c.id <= upto)
                 async with self.store.engine.connect() as conn:
-                    rows = (await conn.execute(
-                        sa.select(journal).where(journal.c.id > after).order_by(journal.c.id).limit(self.batch)
-                    )).all()
+                    rows = (await conn.execute(query.order_by(journal.c.id).limit(self.batch))).all()
                 if not rows:
                     return copied
                 bodies = []

@@ -9,6 +9,7 @@ abort after a failure, re-run / mark done after a crash) or ``approve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -64,13 +65,15 @@ from bot.runbook import (
 )
 from bot.step_render import command_text, sqlite_params
 from bot.step_render import http_request as http_request_of
-from bot.store import Incident, StepRun, Store
+from bot.store import ArtifactFile, Incident, StepRun, Store, utcnow
 from bot.targets import TargetSettings, open_transport, open_transports
 from bot.templating import TemplateError, lookup, render_text, render_value
 
 log = logging.getLogger(__name__)
 
 TAIL_CHARS = 2000
+#: Between steps, the view and the audit log catch up at most this often (changes coalesced).
+CATCH_UP_SECONDS = 0.1
 #: Output kept per host of a host group (20 hosts fit in a step's captures).
 HOST_TAIL_CHARS = 300
 #: SQLite operations that report problems as ``ok: false`` rather than as an error.
@@ -173,6 +176,12 @@ class Engine:
         self._http = http
         self._owns_http = http is None
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Background catch-ups of the view and the audit log, one per incident (see ``_changed_soon``).
+        self._catch_ups: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._hurry: dict[str, asyncio.Event] = {}
+        #: Files made by the running attempt of an incident's step, tracked with the attempt's end.
+        self._made: dict[str, list[ArtifactFile]] = {}
         #: Audit log, governance, evidence and report settings; by default beside the artifacts.
         self.records = records or Records.open(RecordsConfig.model_validate(
             {"audit_log": artifacts_dir / "governance.jsonl", "evidence_root": artifacts_dir / "evidence"}))
@@ -198,8 +207,19 @@ class Engine:
             self._http = httpx.AsyncClient()
         return self._http
 
+    async def settle(self) -> None:
+        """Wait for the background catch-ups of the view and the audit log (hurried)."""
+        for incident_id, task in list(self._catch_ups.items()):
+            self._hurry[incident_id].set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def aclose(self) -> None:
-        """Close what the engine owns (its HTTP client); the store and transports are the caller's."""
+        """Finish pending view and audit catch-ups, close what the engine owns (its HTTP client).
+
+        The store and transports are the caller's.
+        """
+        await self.settle()
         if self._owns_http and self._http is not None:
             client, self._http = self._http, None
             await client.aclose()
@@ -352,19 +372,54 @@ class Engine:
                 return self.policies.get(step.policy, DEFAULT_POLICY)
         return self.policies.get("default", DEFAULT_POLICY)
 
-    async def _changed(self, incident_id: str, *, audit: bool = True) -> None:
-        # The start of a machine step only updates the view: its journal event reaches the
-        # audit log with the step's end (one flush, one fsync per step).
+    async def _changed(self, incident_id: str, *, audit: bool = True, sync: bool = True) -> None:
+        """The view and the audit log catch up with the incident, now (after any pending catch-up)."""
+        pending = self._catch_ups.get(incident_id)
+        if pending is not None and pending is not asyncio.current_task():
+            self._hurry.setdefault(incident_id, asyncio.Event()).set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
         if audit:
             try:
-                await self.audit.flush()
+                await self.audit.flush(sync=sync)
             except Exception:  # the journal keeps every event; the next flush catches up
                 log.exception("audit log flush for %s failed", incident_id)
+        await self._show(incident_id)
+
+    async def _show(self, incident_id: str) -> None:
+        """Tell the views (thread, terminal, scheduled jobs) that the incident changed."""
         if self.on_change is not None:
             try:
                 await self.on_change(incident_id)
             except Exception:  # a broken view must never stop a rollback
                 log.exception("view update for %s failed", incident_id)
+
+    def _changed_soon(self, incident_id: str) -> None:
+        """Between steps: let the view and the audit log catch up in the background.
+
+        The changes of ``CATCH_UP_SECONDS`` are coalesced into one catch-up; the end of
+        ``run`` (and every answer) hurries it and waits for it, so a caller always sees the
+        settled state. The copy to the audit log takes only events the store has already
+        synced (each step's start), so it costs no fsync of its own on the step's path.
+        """
+        self._dirty.add(incident_id)
+        task = self._catch_ups.get(incident_id)
+        if task is None or task.done():
+            self._hurry[incident_id] = asyncio.Event()
+            self._catch_ups[incident_id] = asyncio.create_task(self._catch_up(incident_id),
+                                                               name=f"catch-up-{incident_id}")
+
+    async def _catch_up(self, incident_id: str) -> None:
+        hurry = self._hurry[incident_id]
+        try:
+            while incident_id in self._dirty:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hurry.wait(), CATCH_UP_SECONDS)
+                self._dirty.discard(incident_id)
+                await self._changed(incident_id, sync=False)
+        finally:
+            if self._catch_ups.get(incident_id) is asyncio.current_task():
+                del self._catch_ups[incident_id]
 
     async def _run(self, incident_id: str) -> Incident:
         inc = await self.store.incident(incident_id)
@@ -392,7 +447,7 @@ class Engine:
                 return inc
             outcome = await self._advance(inc, phase, step, latest)
             latest = None  # the step wrote its runs
-            await self._changed(incident_id)
+            self._changed_soon(incident_id)
             if outcome == "wait":
                 inc = await self.store.incident(incident_id)
                 if inc.status is Status.RUNNING:
@@ -706,8 +761,11 @@ class Engine:
         run = await self.store.begin_step(inc.id, step.id, phase.id)
         # Until it ends, a stop of the bot journals this step as interrupted (see ``stop``).
         self._in_flight[run.id] = (inc.id, step)
-        await self._changed(inc.id, audit=False)
+        # The view shows the step running before its side effect begins; its journal event
+        # reaches the audit log with the next catch-up.
+        await self._show(inc.id)
         started = time.monotonic()
+        made = self._made[inc.id] = []
         try:
             result, output = await self._perform(inc, step, ctx, attempt=run.attempt, prior=prior)
             captures = self._captures(step, result, output)
@@ -715,7 +773,9 @@ class Engine:
                 captures.update(hosts=result["hosts"], failed_hosts=result["failed_hosts"])
         except (ActionError, TemplateError) as exc:
             self._in_flight.pop(run.id, None)
-            return await self._failed(inc, step, run, exc)
+            return await self._failed(inc, step, run, exc, artifacts=made)
+        finally:
+            self._made.pop(inc.id, None)
         self._in_flight.pop(run.id, None)
         tail = output[-TAIL_CHARS:]
         if result.get("skipped"):  # the step found nothing to do (a notify without its webhook)
@@ -725,18 +785,19 @@ class Engine:
         await self.store.end_step(
             run.id, StepStatus.DONE, captures=captures, output_tail=tail,
             output_digest=_digest(output), output_bytes=len(output.encode()),
-            exit_status=result.get("exit_status"), duration=time.monotonic() - started,
+            exit_status=result.get("exit_status"), duration=time.monotonic() - started, artifacts=made,
         )
         return "next"
 
-    async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception) -> str:
+    async def _failed(self, inc: Incident, step: StepBase, run: StepRun, exc: Exception, *,
+                      artifacts: list[ArtifactFile] | None = None) -> str:
         out = ""
         if isinstance(exc, CommandFailed | CommandTimeout | HostsFailed | PreflightFailed):
             out = self.redact(exc.stdout + exc.stderr)[-TAIL_CHARS:]
         error = self.redact(f"{type(exc).__name__}: {exc}")
         exit_status = exc.exit_status if isinstance(exc, CommandFailed) else None
         # A host group's failure keeps every host's result: the view lists them, Retry reads them.
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"artifacts": artifacts}
         if isinstance(exc, HostsFailed):
             extra["captures"] = {"hosts": exc.hosts, "failed_hosts": exc.failed}
         if step.on_failure == "continue":
@@ -925,14 +986,19 @@ class Engine:
     async def _artifact(self, inc: Incident, step: StepBase, ext: str, text: str, attempt: int | None) -> Path:
         folder = self.artifacts_dir / inc.id
         folder.mkdir(parents=True, exist_ok=True)
+        made = self._made.get(inc.id) if attempt is not None else None
         if attempt is None:  # a step performed outside a run of its own (maintenance of a timed step)
             runs = await self.store.latest_runs(inc.id)
             attempt = runs[step.id].attempt if step.id in runs else 1
         path = folder / f"{step.id}.{attempt}.{ext}"
         data = self.redact(text).encode("utf-8", "replace")
         await asyncio.to_thread(path.write_bytes, data)
-        await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
-                                      sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        digest = hashlib.sha256(data).hexdigest()
+        if made is not None:  # tracked with the attempt's end, in the same transaction
+            made.append(ArtifactFile(step.id, path.name, str(path), digest, len(data), utcnow()))
+        else:
+            await self.store.add_artifact(inc.id, step_id=step.id, name=path.name, path=str(path),
+                                          sha256=digest, size=len(data))
         return path
 
 

@@ -138,6 +138,7 @@ class Services:
         """Stop background work (no new step starts; a running one is journaled as interrupted and
         resumes as after a crash), close SSH connections and the store, in a few seconds at most."""
         self.engine.stopping = True
+        await self.engine.settle()  # the thread and the jobs catch up while both still run
         if self._control_task is not None:
             self._control_task.cancel()
             await asyncio.wait([self._control_task], timeout=5)

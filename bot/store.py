@@ -7,7 +7,9 @@ engine finds on restart.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +112,7 @@ stability_checks = sa.Table(
     sa.UniqueConstraint("run_id", "index"),
 )
 
-artifacts = sa.Table(
+artifacts_table = artifacts = sa.Table(
     "artifacts", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("incident_id", sa.ForeignKey("incidents.id"), nullable=False, index=True),
@@ -297,17 +299,23 @@ class StabilityCheck:
 
 
 @dataclass
-class Artifact:
-    """A file an incident produced, tracked as it was made."""
+class ArtifactFile:
+    """A file a step made: where, its sha256 and size, when."""
 
-    id: int
-    incident_id: str
     step_id: str | None
     name: str
     path: str
     sha256: str
     bytes: int
     at: dt.datetime
+
+
+@dataclass
+class Artifact(ArtifactFile):
+    """A file an incident produced, tracked as it was made."""
+
+    id: int
+    incident_id: str
 
 
 def _row(cls: type, row: sa.Row[Any]) -> Any:
@@ -328,6 +336,15 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # A SQLite file commits with synchronous=NORMAL in WAL mode: a commit survives the
+        # process dying at once, and reaches the disk with the next fsync of the WAL. That
+        # fsync is done where it matters (``sync``): before a step's side effect starts, and
+        # before journal events are copied out to the audit log. A power loss can then only
+        # undo what came after the last step start, which a restart treats as a crash
+        # during that step; it never undoes an event the audit log already holds.
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._wal = f"{database}-wal" if database and database != ":memory:" else None
+        self._durable_id = 0
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -340,7 +357,7 @@ class Store:
             def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
@@ -348,6 +365,25 @@ class Store:
             await conn.run_sync(metadata.create_all)
             await conn.run_sync(_add_missing_columns)
         return cls(engine)
+
+    @property
+    def durable_event_id(self) -> int | None:
+        """Journal events up to this id are on disk; None when every commit is (not a SQLite file)."""
+        return None if self._wal is None else self._durable_id
+
+    async def sync(self, upto: int | None = None) -> int | None:
+        """Put every commit so far on disk (one fsync of the WAL); returns ``durable_event_id``.
+
+        ``upto``: the newest journal id committed before the call, when the caller knows it.
+        """
+        if self._wal is None:
+            return None
+        if upto is None:
+            async with self.engine.connect() as conn:
+                upto = int((await conn.execute(sa.select(sa.func.max(journal.c.id)))).scalar() or 0)
+        await asyncio.to_thread(_fsync, self._wal)
+        self._durable_id = max(self._durable_id, upto)
+        return self._durable_id
 
     async def close(self) -> None:
         """Dispose of the connection pool."""
@@ -484,24 +520,31 @@ class Store:
         self, incident_id: str, step_id: str, phase_id: str, *, status: StepStatus = StepStatus.RUNNING,
         waiting: dict[str, Any] | None = None, now: dt.datetime | None = None,
     ) -> StepRun:
-        """Record a new attempt, committed before the step's side effect starts."""
+        """Record a new attempt; a running one is on disk before its side effect starts."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
             last = (await conn.execute(
                 sa.select(sa.func.max(step_runs.c.attempt)).where(
                     step_runs.c.incident_id == incident_id, step_runs.c.step_id == step_id)
             )).scalar()
+            attempt = (last or 0) + 1
             res = await conn.execute(step_runs.insert().values(
                 incident_id=incident_id, step_id=step_id, phase_id=phase_id,
-                attempt=(last or 0) + 1, status=status.value, started_at=now, captures={},
+                attempt=attempt, status=status.value, started_at=now, captures={},
                 output_tail="", waiting=waiting,
             ))
-            await conn.execute(journal.insert().values(
+            ev = await conn.execute(journal.insert().values(
                 incident_id=incident_id, at=now, kind=f"step_{status.value}", step_id=step_id,
-                data={"attempt": (last or 0) + 1, **({"waiting": waiting} if waiting else {})},
+                data={"attempt": attempt, **({"waiting": waiting} if waiting else {})},
             ))
-            run_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
-        return await self.step_run(int(run_id))  # type: ignore[arg-type]
+            run_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            event_id = int(ev.inserted_primary_key[0])  # type: ignore[index]
+        if status is StepStatus.RUNNING:
+            await self.sync(upto=event_id)
+        return StepRun(id=run_id, incident_id=incident_id, step_id=step_id, phase_id=phase_id, attempt=attempt,
+                       status=status, started_at=now, ended_at=None, duration=None, exit_status=None,
+                       output_tail="", output_digest=None, output_bytes=None, captures={}, error=None,
+                       waiting=waiting, answer=None)
 
     async def step_run(self, run_id: int) -> StepRun:
         """One attempt by its id."""
@@ -511,9 +554,12 @@ class Store:
 
     async def end_step(
         self, run_id: int, status: StepStatus, *, actor: str | None = None,
-        now: dt.datetime | None = None, **values: Any,
+        now: dt.datetime | None = None, artifacts: list[ArtifactFile] | None = None, **values: Any,
     ) -> StepRun:
-        """Finish (or re-state) an attempt: done, failed, skipped, waiting, interrupted."""
+        """Finish (or re-state) an attempt: done, failed, skipped, waiting, interrupted.
+
+        ``artifacts``: files the attempt made, tracked in the same transaction.
+        """
         now = now or utcnow()
         async with self.engine.begin() as conn:
             row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
@@ -530,7 +576,15 @@ class Store:
                 incident_id=row.incident_id, at=now, kind=f"step_{status.value}",
                 step_id=row.step_id, actor=actor, data=_jsonable(data),
             ))
-        return await self.step_run(run_id)
+            if artifacts:
+                await conn.execute(artifacts_table.insert(), [
+                    {"incident_id": row.incident_id, "step_id": a.step_id, "name": a.name, "path": a.path,
+                     "sha256": a.sha256, "bytes": a.bytes, "at": a.at} for a in artifacts])
+        run = _row(StepRun, row)
+        for key, value in values.items():
+            setattr(run, key, _aware(value) if isinstance(value, dt.datetime) else value)
+        run.status = status
+        return run
 
     # ------------------------------------------------------------ approvals
 
@@ -635,6 +689,17 @@ class Store:
                 sa.select(artifacts).where(artifacts.c.incident_id == incident_id).order_by(artifacts.c.id)
             )).all()
         return [_row(Artifact, r) for r in rows]
+
+
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no WAL yet (or just checkpointed away): nothing is pending
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _jsonable(value: Any) -> Any:

@@ -47,6 +47,9 @@ class TcpProxy:
         self.refuse = False
         self.links: list[_Link] = []
         self.accepted = 0
+        #: Bytes forwarded towards the upstream server and back to the clients.
+        self.bytes_up = 0
+        self.bytes_down = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -69,10 +72,11 @@ class TcpProxy:
         link = _Link(writer, up_writer)
         link.flowing.set()
         self.links.append(link)
-        await asyncio.gather(self._pipe(reader, up_writer, link), self._pipe(up_reader, writer, link),
-                             return_exceptions=True)
+        await asyncio.gather(self._pipe(reader, up_writer, link, up=True),
+                             self._pipe(up_reader, writer, link, up=False), return_exceptions=True)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *,
+                    up: bool) -> None:
         while True:
             data = await reader.read(65536)
             await link.flowing.wait()  # a stalled link holds everything, forever
@@ -80,6 +84,10 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     writer.write_eof()
                 return
+            if up:
+                self.bytes_up += len(data)
+            else:
+                self.bytes_down += len(data)
             writer.write(data)
             await writer.drain()
 
