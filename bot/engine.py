@@ -769,6 +769,8 @@ class Engine:
                        attempt: int | None = None, prior: StepRun | None = None) -> tuple[dict[str, Any], str]:
         """Do what the step says; returns (result, whole output). ``attempt`` names its artifacts;
         ``prior`` is the failed attempt a retry follows."""
+        # The side-effect boundary: a replica that lost the incident's lease stops here.
+        await self.store.check_lease(inc.id)
         if isinstance(step, WaitStep):
             await asyncio.sleep(step.seconds * self.time_scale)
             return {"waited": step.seconds * self.time_scale}, ""

@@ -8,6 +8,8 @@ engine finds on restart.
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.lifecycle import Event, Status, StepStatus, is_active, transition
+from bot.schema import FENCE, check_fence, db_now, dedup, prepare
 
 metadata = sa.MetaData()
 
@@ -150,6 +153,44 @@ def _add_missing_columns(conn: Any) -> None:
     for table, column, sql_type in _ADDED_COLUMNS:
         if column not in {c["name"] for c in inspector.get_columns(table)}:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
+#: Where the state database's password comes from (never the config file), first found wins.
+PASSWORD_ENV = ("ROLLBACK_BOT_DB_PASSWORD", "PGPASSWORD")
+#: How long a Slack request id is remembered in the database to drop Slack's retries of it.
+DEDUP_SECONDS = 600.0
+
+
+class StateUrlError(ValueError):
+    """A ``state_db`` URL the bot cannot use; the message names what is wrong."""
+
+
+def state_url(url: str, environ: Mapping[str, str] | None = None) -> sa.URL:
+    """The SQLAlchemy URL of the state store: a SQLite path, or PostgreSQL through asyncpg.
+
+    A PostgreSQL password comes from ``ROLLBACK_BOT_DB_PASSWORD`` (or ``PGPASSWORD``); one
+    written in the URL itself is refused, so it never sits in a config file.
+    """
+    if "://" not in url:
+        return sa.make_url(f"sqlite+aiosqlite:///{url}")
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StateUrlError("state_db: not a database URL (postgresql+asyncpg://user@host:5432/db)") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.password:
+            raise StateUrlError("state_db: the URL holds a password; put it in ROLLBACK_BOT_DB_PASSWORD instead")
+        if parsed.get_driver_name() not in ("asyncpg", "psycopg2", "psycopg"):
+            raise StateUrlError(f"state_db: driver {parsed.get_driver_name()!r} is not supported; "
+                                "use postgresql+asyncpg://")
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        env = os.environ if environ is None else environ
+        password = next((env[k] for k in PASSWORD_ENV if env.get(k)), None)
+        return parsed.set(password=password) if password else parsed
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise StateUrlError(f"state_db: {backend!r} is not supported (a SQLite file or postgresql+asyncpg://)")
 
 
 def utcnow() -> dt.datetime:
@@ -300,11 +341,17 @@ class Store:
         self.engine = engine
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """Open (and create) the store at a SQLAlchemy URL or a plain SQLite file path."""
-        if "://" not in url:
-            url = f"sqlite+aiosqlite:///{url}"
-        engine = create_async_engine(url)
+    async def open(cls, url: str | sa.URL, environ: Mapping[str, str] | None = None) -> Store:
+        """Open the store at a SQLite file path or URL, or PostgreSQL; create or migrate its schema.
+
+        ``SchemaTooNew`` when the database was written by a newer bot.
+        """
+        parsed = url if isinstance(url, sa.URL) else state_url(url, environ)
+        if parsed.get_backend_name() == "postgresql":
+            # Pre-ping: after a server restart a pooled connection is found dead and replaced.
+            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        else:
+            engine = create_async_engine(parsed)
         if engine.dialect.name == "sqlite":
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -314,10 +361,55 @@ class Store:
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        try:
+            await prepare(engine, metadata)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
+
+    @property
+    def replicated(self) -> bool:
+        """True on PostgreSQL, where several replicas share this store."""
+        return self.engine.dialect.name == "postgresql"
+
+    # ------------------------------------------------------------ Slack request ids
+
+    async def first_time(self, key: str) -> bool:
+        """Remember a request id; False when any replica saw it in the last ten minutes (a retry)."""
+        now = utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(dedup.insert().values(key=key[:200], at=now))
+        except IntegrityError:
+            async with self.engine.begin() as conn:
+                old = (await conn.execute(sa.update(dedup).where(
+                    dedup.c.key == key[:200], dedup.c.at < now - dt.timedelta(seconds=DEDUP_SECONDS))
+                    .values(at=now))).rowcount
+            return bool(old)
+        if now.second % 10 == 0:  # now and then, forget ids older than the window
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.delete(dedup).where(dedup.c.at < now - dt.timedelta(seconds=DEDUP_SECONDS)))
+        return True
+
+    async def forget(self, key: str) -> None:
+        """Let a request id through again (a form sent back with errors)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(dedup).where(dedup.c.key == key[:200]))
+
+    async def check_lease(self, incident_id: str) -> None:
+        """``LeaseLost`` unless the current task may still act on the incident (see ``bot.replicas``)."""
+        fence = FENCE.get()
+        if fence is None or fence.incident_id != incident_id:
+            return
+        async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
+
+    async def db_time(self) -> dt.datetime:
+        """The database's clock (PostgreSQL), or this process's."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(sa.select(db_now(conn)))).scalar_one()
+        return _aware(value) or utcnow()
 
     async def close(self) -> None:
         """Dispose of the connection pool."""
@@ -341,18 +433,18 @@ class Store:
         now = now or utcnow()
         prefix = f"RB-{now:%Y%m%d}-"
         for _ in range(5):
-            async with self.engine.begin() as conn:
-                busy = (await conn.execute(
-                    sa.select(incidents.c.id).where(incidents.c.active_target == target)
-                )).scalar()
-                if busy:
-                    raise TargetBusy(target, busy)
-                last = (await conn.execute(
-                    sa.select(sa.func.max(incidents.c.id)).where(incidents.c.id.like(prefix + "%"))
-                )).scalar()
-                seq = int(last.rsplit("-", 1)[1]) + 1 if last else 1
-                iid = f"{prefix}{seq:04d}"
-                try:
+            try:
+                async with self.engine.begin() as conn:
+                    busy = (await conn.execute(
+                        sa.select(incidents.c.id).where(incidents.c.active_target == target)
+                    )).scalar()
+                    if busy:
+                        raise TargetBusy(target, busy)
+                    last = (await conn.execute(
+                        sa.select(sa.func.max(incidents.c.id)).where(incidents.c.id.like(prefix + "%"))
+                    )).scalar()
+                    seq = int(last.rsplit("-", 1)[1]) + 1 if last else 1
+                    iid = f"{prefix}{seq:04d}"
                     await conn.execute(incidents.insert().values(
                         id=iid, target=target, active_target=target, runbook=runbook,
                         status=Status.OPEN.value, severity=severity, decision=decision,
@@ -363,11 +455,12 @@ class Store:
                         incident_id=iid, at=now, kind="incident_opened", actor=requester,
                         data={"target": target, "severity": severity, "decision": decision},
                     ))
-                except IntegrityError:
-                    busy2 = await self.active_incident(target)
-                    if busy2:
-                        raise TargetBusy(target, busy2.id) from None
-                    continue  # id race: take the next number
+            except IntegrityError:
+                # Another replica (or request) won the race: the transaction is rolled back as a whole.
+                busy2 = await self.active_incident(target)
+                if busy2:
+                    raise TargetBusy(target, busy2.id) from None
+                continue  # id race: take the next number
             return await self.incident(iid)
         raise RuntimeError("could not allocate an incident id")
 
@@ -405,6 +498,7 @@ class Store:
         """Move the incident through the lifecycle table and journal the event."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             row = (await conn.execute(
                 sa.select(incidents.c.status, incidents.c.target).where(incidents.c.id == incident_id)
             )).first()
@@ -430,6 +524,7 @@ class Store:
         """Set plain fields (channel, thread_ts, view, abort_reason, decision...)."""
         values["updated_at"] = utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(incidents.update().where(incidents.c.id == incident_id).values(**values))
 
     # ------------------------------------------------------------ steps
@@ -457,6 +552,7 @@ class Store:
         """Record a new attempt, committed before the step's side effect starts."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             last = (await conn.execute(
                 sa.select(sa.func.max(step_runs.c.attempt)).where(
                     step_runs.c.incident_id == incident_id, step_runs.c.step_id == step_id)
@@ -487,6 +583,7 @@ class Store:
         now = now or utcnow()
         async with self.engine.begin() as conn:
             row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
+            await check_fence(conn, row.incident_id)
             if status in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED):
                 values.setdefault("ended_at", now)
                 if row.started_at is not None:
@@ -552,6 +649,7 @@ class Store:
     ) -> None:
         """Append to the incident's event log."""
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(journal.insert().values(
                 incident_id=incident_id, at=now or utcnow(), kind=kind, actor=actor,
                 step_id=step_id, data=_jsonable(data or {}),
@@ -570,6 +668,7 @@ class Store:
         values = {k: v for k, v in check.__dict__.items() if k != "id"}
         try:
             async with self.engine.begin() as conn:
+                await check_fence(conn, check.incident_id)
                 await conn.execute(stability_checks.insert().values(**values))
                 await conn.execute(journal.insert().values(
                     incident_id=check.incident_id, at=check.at, kind="stability_check", step_id=check.step_id,
@@ -593,6 +692,7 @@ class Store:
     ) -> None:
         """Track a file the incident produced, at the moment it is made."""
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(artifacts.insert().values(
                 incident_id=incident_id, step_id=step_id, name=name, path=path, sha256=sha256,
                 bytes=size, at=utcnow(),
