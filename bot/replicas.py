@@ -264,3 +264,13 @@ class Coordinator:
         if await self.acquire(INCIDENT + incident_id) is None:
             return None
         return self.fence(incident_id)
+
+
+async def notify_holder(store: Store, incident_id: str) -> None:
+    """After a change made outside ``serve`` (the command line): the incident's runner acts on it.
+
+    On PostgreSQL the replica holding the incident's lease (or, if none, the first to take
+    it) runs the incident and syncs its thread at its next poll; with SQLite nothing is needed.
+    """
+    if store.replicated:
+        await Coordinator(store).nudge(INCIDENT + incident_id)

@@ -121,6 +121,15 @@ def jobs_url(state_db: str) -> str:
     return f"{dialect}://{rest}"
 
 
+def _engine_options(url: str | sa.URL, idle_in_transaction: float) -> dict[str, Any]:
+    """Pre-ping pooled connections; on PostgreSQL, end a session left idle in a transaction."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if sa.make_url(url).get_backend_name() == "postgresql":
+        ms = int(idle_in_transaction * 1000)
+        options["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={ms}"}
+    return options
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     """A job as the scheduler holds it."""
@@ -135,7 +144,7 @@ class JobScheduler:
     """The one scheduler of a bot process, with its persistent job store."""
 
     def __init__(self, url: str | sa.URL, *, clock: Clock | None = None, time_scale: float = 1.0,
-                 standby: bool = False) -> None:
+                 standby: bool = False, idle_in_transaction: float = 5.0) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
         self.time_scale = time_scale
@@ -144,7 +153,7 @@ class JobScheduler:
         self._holding = not standby
         self._scheduler = AsyncIOScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=url, tablename="rollback_jobs",
-                                                     engine_options={"pool_pre_ping": True})},
+                                                     engine_options=_engine_options(url, idle_in_transaction))},
             # A job may reschedule itself (same id) just before it returns: a second instance
             # must not be skipped then. Jobs that must not overlap serialise themselves.
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 3},

@@ -162,7 +162,7 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     (with the configured rehearsals when the config file's path is known)."""
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
-    store = await Store.open(config.state_db)
+    store = await Store.open(config.state_db, idle_in_transaction=config.replicas.lease_seconds)
     targets = {t.name: Target.open(t) for t in config.targets}
     publisher = ThreadPublisher(client=client, store=store, runbook=runbook, policy=policy,
                                 update_interval=config.slack.update_interval_seconds,
@@ -179,7 +179,8 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
                         publisher=publisher, client=client, targets=targets)
     replicated = store.replicated
-    jobs = JobScheduler(jobs_store_url(config), clock=clock, time_scale=config.time_scale, standby=replicated)
+    jobs = JobScheduler(jobs_store_url(config), clock=clock, time_scale=config.time_scale, standby=replicated,
+                        idle_in_transaction=config.replicas.lease_seconds)
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
                                   policy=policy, kick=services.kick, mention=mentions_for(config.roles))
     engine.clock_host = services.clock

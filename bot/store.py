@@ -341,15 +341,21 @@ class Store:
         self.engine = engine
 
     @classmethod
-    async def open(cls, url: str | sa.URL, environ: Mapping[str, str] | None = None) -> Store:
+    async def open(cls, url: str | sa.URL, environ: Mapping[str, str] | None = None, *,
+                   idle_in_transaction: float = 5.0) -> Store:
         """Open the store at a SQLite file path or URL, or PostgreSQL; create or migrate its schema.
 
-        ``SchemaTooNew`` when the database was written by a newer bot.
+        ``SchemaTooNew`` when the database was written by a newer bot. On PostgreSQL a
+        session that sits in a transaction for ``idle_in_transaction`` seconds is ended by
+        the server: a replica frozen mid-transaction (paused, cut off) releases its row
+        locks, so the standby that takes its leases is not blocked behind them.
         """
         parsed = url if isinstance(url, sa.URL) else state_url(url, environ)
         if parsed.get_backend_name() == "postgresql":
             # Pre-ping: after a server restart a pooled connection is found dead and replaced.
-            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            settings = {"idle_in_transaction_session_timeout": str(int(idle_in_transaction * 1000))}
+            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                         connect_args={"server_settings": settings})
         else:
             engine = create_async_engine(parsed)
         if engine.dialect.name == "sqlite":
