@@ -63,7 +63,7 @@ from bot.runbook import (
 )
 from bot.step_render import command_text, sqlite_params
 from bot.step_render import http_request as http_request_of
-from bot.store import Incident, StepRun, Store
+from bot.store import AlreadyAnswered, Incident, StepRun, Store
 from bot.targets import TargetSettings, open_transport, open_transports
 from bot.templating import TemplateError, lookup, render_text, render_value
 
@@ -254,8 +254,11 @@ class Engine:
                 await self.store.log(incident_id, "answer_refused", actor=user, step_id=step_id,
                                      data={"value": value[:200]})
                 raise AnswerRefused(f"{value[:80]!r} was not offered for step {step_id!r}")
-            await self.store.end_step(run.id, run.status, actor=user,
-                                      answer={"value": value, "user": user})
+            try:
+                await self.store.end_step(run.id, run.status, actor=user,
+                                          answer={"value": value, "user": user})
+            except AlreadyAnswered as exc:
+                raise AnswerRefused(str(exc)) from None
         await self._changed(incident_id)
 
     async def approve(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULER = "scheduler"
 INCIDENT = "incident:"
+#: PostgreSQL channel a nudge is announced on, so the holder acts at once rather than at its next poll.
+CHANNEL = "rollback_bot_nudge"
 
 
 def replica_name() -> str:
@@ -75,6 +77,8 @@ class Coordinator:
     _task: asyncio.Task[None] | None = None
     _last_renew: float = 0.0
     _stopping: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _listener: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ queries
 
@@ -120,6 +124,7 @@ class Coordinator:
             stmt = stmt.on_conflict_do_update(index_elements=[leases.c.name],
                                               set_={"nudge": leases.c.nudge + 1})
             await conn.execute(stmt)
+            await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, lease)))  # delivered at commit
 
     async def _renew(self) -> dict[str, tuple[int, int]]:
         """Extend every lease this replica holds; {lease: (token, nudge)} of those still held."""
@@ -188,16 +193,43 @@ class Coordinator:
         """Take what is free now, then keep polling in the background."""
         await self._tick()
         self._task = asyncio.create_task(self._loop(), name=f"replica-{self.name}")
+        self._listener = asyncio.create_task(self._listen(), name=f"replica-listen-{self.name}")
+
+    async def _listen(self) -> None:
+        """Wake the loop when a lease this replica holds is nudged (polling stays the fallback)."""
+        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload in self.held:
+                self._wake.set()
+
+        while not self._stopping:
+            try:
+                async with self.store.engine.connect() as conn:
+                    raw = (await conn.get_raw_connection()).driver_connection
+                    assert raw is not None
+                    await raw.add_listener(CHANNEL, heard)
+                    try:
+                        while not self._stopping:
+                            await asyncio.sleep(2.0)
+                            await raw.execute("SELECT 1")  # notice a lost connection, then listen again
+                    finally:
+                        if not raw.is_closed():
+                            await raw.remove_listener(CHANNEL, heard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: poll until it is back
+                log.info("%s: not listening for nudges (%s); polling", self.name, type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def close(self) -> None:
         """Stop polling and give every lease up, so a standby takes over at once."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         for lease in list(self.held):
             try:
                 await self.release(lease)
@@ -207,7 +239,12 @@ class Coordinator:
     async def _loop(self) -> None:
         failures = 0
         while not self._stopping:
-            await asyncio.sleep(self.poll if not failures else min(2.0, self.poll * 2 ** failures))
+            try:
+                await asyncio.wait_for(self._wake.wait(),
+                                       self.poll if not failures else min(2.0, self.poll * 2 ** failures))
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self._tick()
                 failures = 0

@@ -205,6 +205,10 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+class AlreadyAnswered(RuntimeError):
+    """A question was answered meanwhile (by another click, possibly on another replica)."""
+
+
 class TargetBusy(RuntimeError):
     """The target already has an active incident."""
 
@@ -588,7 +592,12 @@ class Store:
         """Finish (or re-state) an attempt: done, failed, skipped, waiting, interrupted."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
+            q = sa.select(step_runs).where(step_runs.c.id == run_id)
+            if values.get("answer") is not None and conn.dialect.name == "postgresql":
+                q = q.with_for_update()  # two replicas answering at once: the first one wins
+            row = (await conn.execute(q)).one()
+            if values.get("answer") is not None and row.answer is not None:
+                raise AlreadyAnswered(f"step {row.step_id!r} was already answered by {row.answer.get('user')}")
             await check_fence(conn, row.incident_id)
             if status in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED):
                 values.setdefault("ended_at", now)

@@ -15,7 +15,7 @@ from bot.replicas import INCIDENT, SCHEDULER, Coordinator
 from bot.scheduler import JobScheduler
 from bot.schema import SCHEMA_VERSION, LeaseLost, SchemaTooNew, fenced, schema_version
 from bot.services import jobs_store_url
-from bot.store import StateUrlError, Store, TargetBusy, state_url
+from bot.store import AlreadyAnswered, StateUrlError, Store, TargetBusy, state_url
 from tests.pg import PgCluster
 
 
@@ -160,3 +160,22 @@ async def test_a_job_run_is_claimed_once_and_only_under_the_scheduler_lease(pg_u
     finally:
         await a_store.close()
         await b_store.close()
+
+
+async def test_two_replicas_answering_one_question_at_once_the_first_wins(pg_url: str) -> None:
+    a, b = await Store.open(pg_url), await Store.open(pg_url)
+    try:
+        inc = await a.create_incident(target="db1", runbook="rb")
+        run = await a.begin_step(inc.id, "pick", "p", status=StepStatus.WAITING,
+                                 waiting={"kind": "choice", "options": []})
+        results = await asyncio.gather(
+            a.end_step(run.id, StepStatus.WAITING, actor="U1", answer={"value": "A", "user": "U1"}),
+            b.end_step(run.id, StepStatus.WAITING, actor="U2", answer={"value": "B", "user": "U2"}),
+            return_exceptions=True)
+        refused = [r for r in results if isinstance(r, AlreadyAnswered)]
+        assert len(refused) == 1
+        winner = (await a.step_run(run.id)).answer
+        assert winner is not None and winner["user"] in ("U1", "U2")
+    finally:
+        await a.close()
+        await b.close()
