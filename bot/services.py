@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from bot.roles import RoleDirectory
 from bot.runbook import Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
-from bot.store import Store, state_url
+from bot.store import DEDUP_SECONDS, Store, state_url
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,31 @@ class Services:
     #: Set on PostgreSQL, where this process is one replica of several.
     replicas: ReplicaRuntime | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     async def first_time(self, key: str | None) -> bool:
-        """False for a request id any replica saw in the last ten minutes (a Slack retry); remembers it."""
+        """False for a request id seen in the last ten minutes (a Slack retry); remembers it.
+
+        Several replicas remember ids in the database (a retry may reach another replica);
+        one replica keeps them in memory, off the SQLite writer's path.
+        """
         if not key:
             return True
-        return await self.store.first_time(key)
+        if self.store.replicated:
+            return await self.store.first_time(key)
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now - DEDUP_SECONDS:
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
 
     async def forget(self, key: str) -> None:
         """Let a request id through again (a form sent back with errors)."""
-        await self.store.forget(key)
+        if self.store.replicated:
+            await self.store.forget(key)
+        self._seen.pop(key, None)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run work in the background, keeping a reference and logging a failure with an id."""
