@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.lifecycle import Event, Status, StepStatus, is_active, transition
-from bot.schema import FENCE, check_fence, db_now, dedup, prepare
+from bot.schema import FENCE, SchemaTooNew, check_fence, db_now, dedup, prepare
 
 metadata = sa.MetaData()
 
@@ -205,6 +205,10 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+class StoreUnavailable(RuntimeError):
+    """The state database cannot be opened; the message says why, without the password."""
+
+
 class AlreadyAnswered(RuntimeError):
     """A question was answered meanwhile (by another click, possibly on another replica)."""
 
@@ -373,9 +377,14 @@ class Store:
                 cur.close()
         try:
             await prepare(engine, metadata)
-        except BaseException:
+        except SchemaTooNew:
             await engine.dispose()
             raise
+        except Exception as exc:  # unreachable, refused login, unwritable file: one line, no traceback
+            await engine.dispose()
+            reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:300]
+            raise StoreUnavailable(f"state_db: cannot open the state database ({type(exc).__name__}: "
+                                   f"{reason})") from exc
         return cls(engine)
 
     @property

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio
 
-from bot.config import ConfigError, parse_config
+from bot.config import ConfigError, Settings, SlackSecrets, parse_config
 from bot.lifecycle import StepStatus
 from bot.replicas import INCIDENT, SCHEDULER, Coordinator
 from bot.scheduler import JobScheduler
 from bot.schema import SCHEMA_VERSION, LeaseLost, SchemaTooNew, fenced, schema_version
 from bot.services import jobs_store_url
+from bot.slack_app import serve
 from bot.store import AlreadyAnswered, StateUrlError, Store, TargetBusy, state_url
-from tests.pg import PgCluster
+from tests.pg import PgCluster, free_port
+from tests.slack_fake import SlackFake
 
 
 async def test_the_store_works_the_same_on_postgresql(pg_url: str) -> None:
@@ -179,3 +182,24 @@ async def test_two_replicas_answering_one_question_at_once_the_first_wins(pg_url
     finally:
         await a.close()
         await b.close()
+
+
+async def test_serve_refuses_a_newer_schema_and_a_wrong_password_with_one_line(
+        pg_cluster: PgCluster, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await Store.open(pg_url)
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION + 1))
+    await store.close()
+    config = parse_config({"slack": {"channels": ["C1"], "http_port": free_port()}, "state_db": pg_url,
+                           "targets": [{"name": "t", "transport": "local", "workdir": "/"}]})
+    async with SlackFake() as fake:
+        secrets = SlackSecrets.model_validate({"slack_bot_token": fake.bot_token, "slack_api_url": fake.base_url,
+                                               "slack_signing_secret": fake.signing_secret})
+        err = io.StringIO()
+        assert await serve(Settings(config, secrets), err=err) == 1
+        assert err.getvalue().count("\n") == 1 and "newer than this bot's" in err.getvalue()
+        monkeypatch.setenv("ROLLBACK_BOT_DB_PASSWORD", "not-the-password")
+        err = io.StringIO()
+        assert await serve(Settings(config, secrets), err=err) == 1
+        assert "cannot open the state database" in err.getvalue() and "password" in err.getvalue()
+        assert "not-the-password" not in err.getvalue() and pg_cluster.password not in err.getvalue()
