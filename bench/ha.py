@@ -97,7 +97,7 @@ async def failover(root: Path, pg: Any, kills: int, lease: float, timeout: float
         workdir = root / "failover-target"
         workdir.mkdir()
         cluster = Cluster.make(root / "failover", fake, pg.create_database("failover"), pg.password,
-                               runbook=_failover_runbook(kills * 2 + 4), workdir=workdir,
+                               runbook=_failover_runbook(kills * 8 + 4), workdir=workdir,
                                target={"transport": "local"}, n=3, lease_seconds=lease)
         store = await Store.open(cluster.db_url, {"ROLLBACK_BOT_DB_PASSWORD": pg.password})
         times: list[float] = []
