@@ -62,9 +62,11 @@ class ReplicaRuntime:
 
     async def close(self) -> None:
         """Stop the runs, then give every lease up so a standby takes over at once."""
-        for tasks in list(self._runs.values()):
-            for task in list(tasks):
-                task.cancel()
+        running = [task for tasks in self._runs.values() for task in tasks]
+        for task in running:
+            task.cancel()
+        if running:  # stopped before the leases go: a standby never overlaps with this process
+            await asyncio.wait(running, timeout=5)
         await self.coordinator.close()
         install_claimer(None)
 
