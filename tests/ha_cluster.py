@@ -218,15 +218,22 @@ class Cluster:
         return int(value or 0)
 
 
+def _ready(value: Any) -> bool:
+    """Progress: anything but None, False or an empty collection (a replica index 0 counts)."""
+    if value is None or value is False:
+        return False
+    return len(value) > 0 if isinstance(value, list | tuple | dict | set | str) else True
+
+
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 60.0, cluster: Cluster | None = None,
                 every: float = 0.05) -> Any:
-    """Wait for progress (a predicate, sync or async, turning truthy); the replicas' logs on timeout."""
+    """Wait for progress (a predicate, sync or async, turning ready); the replicas' logs on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
             value = await value
-        if value:
+        if _ready(value):
             return value
         if asyncio.get_running_loop().time() > deadline:
             logs = "\n".join(f"--- replica {r.index}\n{r.tail()}" for r in (cluster.replicas if cluster else []))
