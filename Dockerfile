@@ -16,8 +16,8 @@ RUN pip install --no-cache-dir .
 # (incidents, jobs, artifacts, audit log, evidence) lives in the state directory, a volume.
 # The config folder is read-only to it.
 RUN useradd --create-home --uid 10001 rollback \
-    && mkdir -p /var/lib/rollback-bot /etc/rollback-bot \
-    && chown rollback /var/lib/rollback-bot \
+    && mkdir -p /var/lib/rollback-bot/artifacts /etc/rollback-bot \
+    && chown -R rollback /var/lib/rollback-bot \
     && chmod 0700 /var/lib/rollback-bot
 USER rollback
 WORKDIR /var/lib/rollback-bot

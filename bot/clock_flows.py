@@ -112,14 +112,31 @@ class ClockRuntime:
 
     # ------------------------------------------------------------ life
 
-    async def start(self) -> None:
-        """Install as the process's runtime, start the scheduler, reconcile every active incident."""
+    async def start(self, *, reconcile: bool = True) -> None:
+        """Install as the process's runtime, start the scheduler, reconcile every active incident.
+
+        A replica of several starts with ``reconcile=False`` and a standby scheduler: the
+        scheduler lease's holder reconciles when it takes the lease (``scheduler_held``).
+        """
         install(self)
         self.started_at = self.now()
         await self.jobs.start()
+        if reconcile:
+            await self.reconcile_all()
+
+    async def reconcile_all(self) -> None:
+        """Give every incident that may still need one the jobs its state calls for."""
         for inc in await self.store.incidents():
             if inc.status not in FINAL or inc.status is Status.COMPLETED:
                 await self.reconcile(inc.id)
+
+    async def scheduler_held(self, held: bool) -> None:
+        """This replica took (True) or lost (False) the scheduler lease."""
+        if not held:
+            self.jobs.release()
+            return
+        self.jobs.hold()
+        await self.reconcile_all()  # jobs lost with a dead holder are re-derived from the store
 
     async def close(self) -> None:
         """Stop firing jobs (they stay in the job store for the next start)."""

@@ -12,7 +12,7 @@ from bot.templating import slack_escape
 async def clock_click(*, services: Services, user_id: str, channel_id: str, thread_ts: str | None,
                       action_id: str, value: str, action_ts: str) -> None:
     """A clock button was clicked: only approvers cancel, approvers and commanders mark done."""
-    if not services.first_time(f"act:{user_id}:{action_ts}"):
+    if not await services.first_time(f"act:{user_id}:{action_ts}"):
         return
     clock = services.clock
     if clock is None:

@@ -26,6 +26,7 @@ from bot.paths import STATE_DIR_ENV, path_problems, state_dir_for, target_key_pr
 from bot.records import RecordsConfig
 from bot.redaction import DEFAULT_PATTERNS
 from bot.stability import StabilitySettings
+from bot.store import StateUrlError, state_url
 from bot.targets import TargetSettings
 
 CONFIG_ENV = "ROLLBACK_BOT_CONFIG"
@@ -138,6 +139,21 @@ class RehearsalSchedule(_Model):
         return self
 
 
+class ReplicaSettings(_Model):
+    """Several replicas on PostgreSQL: how long a lease lasts and how often a replica looks."""
+
+    lease_seconds: float = Field(6.0, ge=1.0, le=120.0,
+                                 description="a lease not renewed for this long is taken over by a standby")
+    poll_seconds: float = Field(0.25, gt=0, le=5.0,
+                                description="how often a replica renews, looks for nudges and free leases")
+
+    @model_validator(mode="after")
+    def _poll_below_lease(self) -> ReplicaSettings:
+        if self.poll_seconds * 4 > self.lease_seconds:
+            raise ValueError("poll_seconds must be at most a quarter of lease_seconds")
+        return self
+
+
 class BotConfig(_Model):
     """Everything in the config file."""
 
@@ -149,7 +165,10 @@ class BotConfig(_Model):
     state_dir: Path | None = Field(None, description="folder of everything the bot writes; relative state_db, "
                                    "jobs, artifacts_dir and records.* paths are taken from it (default: "
                                    f"${STATE_DIR_ENV}, else the folder of an absolute state_db, else the config's)")
-    state_db: str = Field("rollback-bot.db", description="SQLite file or SQLAlchemy URL of the incident state")
+    state_db: str = Field("rollback-bot.db", description="SQLite file, or postgresql+asyncpg://user@host:5432/db "
+                          "for several replicas (password from ROLLBACK_BOT_DB_PASSWORD)")
+    replicas: ReplicaSettings = Field(default_factory=lambda: ReplicaSettings.model_validate({}),
+                                      description="leases of several replicas (PostgreSQL only)")
     artifacts_dir: Path = Path("artifacts")
     time_scale: float = Field(1.0, gt=0, le=1.0, description="factor on every wait (1.0 in production)")
     stability: StabilitySettings = Field(default_factory=lambda: StabilitySettings.model_validate({}),
@@ -167,6 +186,16 @@ class BotConfig(_Model):
         default_factory=dict,
         description="the control plane (rollback-bot incident ...): local account -> the Slack user ids it may "
                     "act as (the first unless --as names another); an account not listed may only read")
+
+    @field_validator("state_db", "jobs_db")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            try:
+                state_url(value, environ={})
+            except StateUrlError as exc:
+                raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return value
 
     @field_validator("redact")
     @classmethod

@@ -287,7 +287,7 @@ async def act(args: argparse.Namespace, settings: Settings, store: Store, runboo
     class DeferredAudit(AuditSink):
         """The serving bot copies the journal into the audit log (one writer per file)."""
 
-        async def flush(self) -> int:
+        async def flush(self, *, sync: bool = True) -> int:
             return 0
 
     policy = config.policy.policy()

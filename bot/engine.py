@@ -65,7 +65,7 @@ from bot.runbook import (
 )
 from bot.step_render import command_text, sqlite_params
 from bot.step_render import http_request as http_request_of
-from bot.store import ArtifactFile, Incident, StepRun, Store, utcnow
+from bot.store import AlreadyAnswered, ArtifactFile, Incident, StepRun, Store, utcnow
 from bot.targets import TargetSettings, open_transport, open_transports
 from bot.templating import TemplateError, lookup, render_text, render_value
 
@@ -289,7 +289,10 @@ class Engine:
             answer: dict[str, Any] = {"value": value, "user": user}
             if roles is not None:
                 answer["roles"] = list(roles)
-            await self.store.end_step(run.id, run.status, actor=user, answer=answer)
+            try:
+                await self.store.end_step(run.id, run.status, actor=user, answer=answer)
+            except AlreadyAnswered as exc:
+                raise AnswerRefused(str(exc)) from None
         await self._changed(incident_id)
 
     async def approve(
@@ -865,6 +868,8 @@ class Engine:
                        attempt: int | None = None, prior: StepRun | None = None) -> tuple[dict[str, Any], str]:
         """Do what the step says; returns (result, whole output). ``attempt`` names its artifacts;
         ``prior`` is the failed attempt a retry follows."""
+        # The side-effect boundary: a replica that lost the incident's lease stops here.
+        await self.store.check_lease(inc.id)
         if isinstance(step, WaitStep):
             await asyncio.sleep(step.seconds * self.time_scale)
             return {"waited": step.seconds * self.time_scale}, ""

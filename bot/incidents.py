@@ -94,7 +94,7 @@ def background(*, services: Services, body: dict[str, Any], work: Coroutine[Any,
 async def command(*, services: Services, user_id: str, channel_id: str, channel_name: str, text: str,
                   trigger_id: str) -> None:
     """``/rollback <start|status|abort|help> ...``."""
-    if not services.first_time(f"cmd:{trigger_id}"):
+    if not await services.first_time(f"cmd:{trigger_id}"):
         return
     words = text.strip().split(maxsplit=1)
     sub = words[0].lower() if words else "help"
@@ -189,7 +189,7 @@ async def _abort(services: Services, *, user_id: str, channel_id: str, rest: str
 async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict[str, Any]) -> None:
     """The start modal was submitted: validate, decide, open the incident, post the thread, run."""
     key = f"view:{view.get('id')}"
-    if not services.first_time(key):
+    if not await services.first_time(key):
         await ack()
         return
     names = [t.name for t in services.config.targets]
@@ -208,7 +208,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
             if INCIDENT_COMMANDER not in roles:
                 req.errors["override"] = "Only an incident commander may override a P4 decision."
     if req.errors or matrix is None:
-        services.forget(key)  # the corrected form comes back with the same view id
+        await services.forget(key)  # the corrected form comes back with the same view id
         await ack(response_action="errors", errors=req.errors)
         return
     await ack()
@@ -250,7 +250,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
 async def approval_click(*, services: Services, user_id: str, channel_id: str, thread_ts: str | None,
                          incident_id: str, decision: str, trigger_id: str, action_ts: str) -> None:
     """Approve or Reject was clicked; a reject asks for the reason in a modal first."""
-    if not services.first_time(f"act:{user_id}:{action_ts}"):
+    if not await services.first_time(f"act:{user_id}:{action_ts}"):
         return
     inc = await _incident(services, incident_id)
     if inc.status in FINAL:
@@ -270,7 +270,7 @@ async def submit_reject(*, services: Services, ack: Ack, user_id: str, view: dic
         await ack(response_action="errors", errors={"note": "A rejection needs a reason."})
         return
     await ack()
-    if not services.first_time(f"view:{view.get('id')}:{view.get('hash')}"):
+    if not await services.first_time(f"view:{view.get('id')}:{view.get('hash')}"):
         return
     inc = await _incident(services, incident_id)
     roles = await services.roles.roles_of(user_id)
@@ -298,7 +298,7 @@ async def _record_click(services: Services, *, user_id: str, roles: list[str], i
 async def answer_click(*, services: Services, user_id: str, channel_id: str, thread_ts: str | None,
                        value: str, action_ts: str) -> None:
     """A choice, manual Done, Retry/Skip/Abort or Re-run/Mark done was picked."""
-    if not services.first_time(f"act:{user_id}:{action_ts}"):
+    if not await services.first_time(f"act:{user_id}:{action_ts}"):
         return
     try:
         incident_id, run_id, index = parse_answer_value(value)

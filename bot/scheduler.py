@@ -10,6 +10,13 @@ bot was down still runs when it comes back; the job itself records what was miss
 from the journal, it is never silently dropped) and ``coalesce=True`` (several missed
 runs of one job become one run, which catches up on all of them).
 
+Several replicas share one job store on PostgreSQL. APScheduler 3 does not coordinate
+schedulers on one store, so only one replica's scheduler fires jobs (the holder of the
+scheduler lease, see ``bot.replicas``); the others start theirs paused (``standby``) and
+only add and remove jobs. Each job is stored wrapped in ``run_claimed``, which claims
+that one run (job id and run time) before it runs it: a job fires once across the
+cluster even when two schedulers overlap for a moment.
+
 Time comes from a ``Clock``. In production that is the system clock and APScheduler
 fires jobs; tests use a ``ManualClock`` and ``JobScheduler.run_due`` to fire exactly the
 jobs that are due at the clock's time, with nothing left to timing.
@@ -25,13 +32,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
+from apscheduler.util import obj_to_ref, ref_to_obj
 
 log = logging.getLogger(__name__)
 
 JobFunc = Callable[..., Awaitable[None]]
+Claim = Callable[[str], Awaitable[bool]]
+
+#: Claims a job run before it runs (set on a replica of several; None: every run runs).
+_claimer: Claim | None = None
+
+
+def install_claimer(claimer: Claim | None) -> None:
+    """Make ``claimer`` decide, for every job run of this process, whether it runs here."""
+    global _claimer
+    _claimer = claimer
+
+
+async def run_claimed(ref: str, claim: str, kwargs: dict[str, Any]) -> None:
+    """The stored job: claim this run (``claim``: job id and run time), then call ``ref(**kwargs)``."""
+    claimer = _claimer
+    if claimer is not None and not await claimer(claim):
+        return
+    func = ref_to_obj(ref)
+    await func(**kwargs)
 
 
 class Clock(Protocol):
@@ -93,6 +121,15 @@ def jobs_url(state_db: str) -> str:
     return f"{dialect}://{rest}"
 
 
+def _engine_options(url: str | sa.URL, idle_in_transaction: float) -> dict[str, Any]:
+    """Pre-ping pooled connections; on PostgreSQL, end a session left idle in a transaction."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if sa.make_url(url).get_backend_name() == "postgresql":
+        ms = int(idle_in_transaction * 1000)
+        options["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={ms}"}
+    return options
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     """A job as the scheduler holds it."""
@@ -106,12 +143,17 @@ class ScheduledJob:
 class JobScheduler:
     """The one scheduler of a bot process, with its persistent job store."""
 
-    def __init__(self, url: str, *, clock: Clock | None = None, time_scale: float = 1.0) -> None:
+    def __init__(self, url: str | sa.URL, *, clock: Clock | None = None, time_scale: float = 1.0,
+                 standby: bool = False, idle_in_transaction: float = 5.0) -> None:
         self.url = url
         self.clock: Clock = clock or SystemClock()
         self.time_scale = time_scale
+        #: Start paused and fire nothing until ``hold`` (a replica without the scheduler lease).
+        self.standby = standby
+        self._holding = not standby
         self._scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(url=url, tablename="rollback_jobs")},
+            jobstores={"default": SQLAlchemyJobStore(url=url, tablename="rollback_jobs",
+                                                     engine_options=_engine_options(url, idle_in_transaction))},
             # A job may reschedule itself (same id) just before it returns: a second instance
             # must not be skipped then. Jobs that must not overlap serialise themselves.
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 3},
@@ -123,8 +165,32 @@ class JobScheduler:
     async def start(self) -> None:
         """Start (needs a running loop); with a manual clock, jobs fire only through ``run_due``."""
         if not self._started:
-            self._scheduler.start(paused=self.manual)
+            for attempt in range(3):
+                try:  # replicas starting together may race to create the job table
+                    self._scheduler.start(paused=self.manual or not self._holding)
+                    break
+                except sa.exc.DBAPIError:
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
             self._started = True
+
+    def hold(self) -> None:
+        """This replica holds the scheduler lease: fire due jobs (those missed meanwhile too)."""
+        self._holding = True
+        if self._started and not self.manual:
+            self._scheduler.resume()
+
+    def release(self) -> None:
+        """The scheduler lease is gone: fire nothing more (jobs stay in the store)."""
+        self._holding = False
+        if self._started and not self.manual:
+            self._scheduler.pause()
+
+    def poll(self) -> None:
+        """Look at the job store again now: another replica may have added a job."""
+        if self._started and self._holding and not self.manual:
+            self._scheduler.wakeup()
 
     async def shutdown(self) -> None:
         """Stop firing jobs; the job store keeps them for the next start."""
@@ -144,9 +210,10 @@ class JobScheduler:
     def schedule(self, incident_id: str, purpose: str, func: JobFunc, at: dt.datetime, /, **kwargs: Any) -> str:
         """Run ``func(**kwargs)`` at ``at``; replaces the incident's job of that purpose."""
         jid = job_id(incident_id, purpose)
-        self._scheduler.add_job(func, DateTrigger(run_date=at, timezone=dt.UTC), id=jid, name=jid,
-                                kwargs=kwargs, replace_existing=True, misfire_grace_time=None, coalesce=True,
-                                max_instances=3)
+        claim = f"{jid}@{at.astimezone(dt.UTC).isoformat()}"
+        self._scheduler.add_job(run_claimed, DateTrigger(run_date=at, timezone=dt.UTC), id=jid, name=jid,
+                                kwargs={"ref": obj_to_ref(func), "claim": claim, "kwargs": kwargs},
+                                replace_existing=True, misfire_grace_time=None, coalesce=True, max_instances=3)
         return jid
 
     def schedule_cron(self, jid: str, func: JobFunc, trigger: Any, /, **kwargs: Any) -> str:
@@ -185,7 +252,10 @@ class JobScheduler:
         out = []
         for job in self._scheduler.get_jobs():
             if incident_id is None or job.id.startswith(incident_id + ":"):
-                out.append(ScheduledJob(job.id, job.func_ref, job.next_run_time, dict(job.kwargs)))
+                func, kwargs = job.func_ref, dict(job.kwargs)
+                if job.func is run_claimed:  # show what the job does, not the claim around it
+                    func, kwargs = kwargs["ref"], dict(kwargs["kwargs"])
+                out.append(ScheduledJob(job.id, func, job.next_run_time, kwargs))
         far = dt.datetime.max.replace(tzinfo=dt.UTC)
         return sorted(out, key=lambda j: j.next_run or far)
 

@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -27,11 +28,13 @@ from bot.records import Records
 from bot.redaction import SECRET_ENV, Redactor, env_secrets, redact_logs
 from bot.rehearsal_jobs import Reporter, schedule_rehearsals
 from bot.rehearsal_jobs import install as install_reporter
+from bot.replica_runtime import ReplicaRuntime
+from bot.replicas import Coordinator
 from bot.roles import RoleDirectory
 from bot.runbook import NotifyStep, Runbook, default_runbook, load_runbook
 from bot.scheduler import Clock, JobScheduler, jobs_url
 from bot.slack_view import ThreadPublisher
-from bot.store import Store
+from bot.store import DEDUP_SECONDS, Store, state_url
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +61,33 @@ class Services:
     #: Carries out ``rollback-bot incident answer|abort`` requests from the store.
     control: ControlPoller | None = None
     _control_task: asyncio.Task[None] | None = None
+    #: Set on PostgreSQL, where this process is one replica of several.
+    replicas: ReplicaRuntime | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
-    def first_time(self, key: str | None) -> bool:
-        """False for a request id seen in the last ten minutes (a Slack retry); remembers it."""
+    async def first_time(self, key: str | None) -> bool:
+        """False for a request id seen in the last ten minutes (a Slack retry); remembers it.
+
+        Several replicas remember ids in the database (a retry may reach another replica);
+        one replica keeps them in memory, off the SQLite writer's path.
+        """
         if not key:
             return True
+        if self.store.replicated:
+            return await self.store.first_time(key)
         now = time.monotonic()
-        while self._seen and next(iter(self._seen.values())) < now - DEDUPE_SECONDS:
+        while self._seen and next(iter(self._seen.values())) < now - DEDUP_SECONDS:
             self._seen.popitem(last=False)
         if key in self._seen:
             return False
         self._seen[key] = now
         return True
 
-    def forget(self, key: str) -> None:
+    async def forget(self, key: str) -> None:
         """Let a request id through again (a form sent back with errors)."""
+        if self.store.replicated:
+            await self.store.forget(key)
         self._seen.pop(key, None)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
@@ -94,7 +107,9 @@ class Services:
             log.error("background task %s failed [error id %s]", task.get_name(), ref, exc_info=exc)
 
     def run_incident(self, incident_id: str) -> asyncio.Task[Any]:
-        """Let the engine go on with an incident in the background."""
+        """Let the engine go on with an incident in the background (on its lease's holder)."""
+        if self.replicas is not None:
+            return self.replicas.kick(incident_id)
         return self.spawn(self.engine.run(incident_id), name=f"run-{incident_id}")
 
     async def idle(self, timeout: float = 60.0) -> None:
@@ -118,6 +133,13 @@ class Services:
         """After a start: catch every thread up and let running incidents go on."""
         for problem in await self.roles.warm():
             log.warning("%s", problem)
+        if self.replicas is not None:
+            # One replica of several: the leases decide what this one runs, writes and fires.
+            await self.engine.audit.flush()
+            if self.clock is not None:
+                await self.clock.start(reconcile=False)
+            await self.replicas.start()
+            return
         await self.publisher.catch_up()
         await self.engine.audit.flush()  # events journaled while the bot was down
         for inc in await self.store.incidents(active_only=True):
@@ -142,6 +164,8 @@ class Services:
         if self._control_task is not None:
             self._control_task.cancel()
             await asyncio.wait([self._control_task], timeout=5)
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.clock is not None:
             await self.clock.close()
         install_reporter(None)
@@ -169,7 +193,7 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     (with the configured rehearsals when the config file's path is known)."""
     runbook = load_runbook(config.runbook) if config.runbook else default_runbook()
     policy = config.policy.policy()
-    store = await Store.open(config.state_db)
+    store = await Store.open(config.state_db, idle_in_transaction=config.replicas.lease_seconds)
     targets = {t.name: Target.open(t) for t in config.targets}
     publisher = ThreadPublisher(client=client, store=store, runbook=runbook, policy=policy,
                                 update_interval=config.slack.update_interval_seconds,
@@ -188,7 +212,9 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
     roles = RoleDirectory(config.roles, client, refresh_seconds=config.slack.usergroup_refresh_seconds)
     services = Services(config=config, store=store, engine=engine, runbook=runbook, policy=policy, roles=roles,
                         publisher=publisher, client=client, targets=targets)
-    jobs = JobScheduler(config.jobs_db or jobs_url(config.state_db), clock=clock, time_scale=config.time_scale)
+    replicated = store.replicated
+    jobs = JobScheduler(jobs_store_url(config), clock=clock, time_scale=config.time_scale, standby=replicated,
+                        idle_in_transaction=config.replicas.lease_seconds)
     services.clock = ClockRuntime(engine=engine, jobs=jobs, settings=config.clock, stability=config.stability,
                                   policy=policy, kick=services.kick, mention=mentions_for(config.roles),
                                   holders=roles.holders)
@@ -206,4 +232,17 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
 
         install_reporter(Reporter(post=post, mention=mentions_for(config.roles)))
     engine.on_change = fan_out(publisher.on_change, services.clock.on_change)
+    if replicated:
+        coordinator = Coordinator(store, ttl=config.replicas.lease_seconds, poll=config.replicas.poll_seconds)
+        services.replicas = ReplicaRuntime(coordinator, engine, publisher, services.clock, services.spawn)
     return services
+
+
+def jobs_store_url(config: BotConfig) -> str | sa.URL:
+    """Where the scheduled jobs live: beside a SQLite state file, or in the same PostgreSQL database
+    through a synchronous driver (APScheduler 3's job store is synchronous), its password from the
+    environment like the store's."""
+    url = config.jobs_db or config.state_db
+    if "://" not in url or not url.split("://", 1)[0].startswith("postgres"):
+        return config.jobs_db or jobs_url(config.state_db)
+    return state_url(url).set(drivername="postgresql+psycopg2")

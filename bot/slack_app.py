@@ -24,8 +24,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 from bot.config import Settings, SlackSecrets
+from bot.schema import SchemaTooNew
 from bot.services import CLOSE_SECONDS, Services, build_services
 from bot.slack_client import make_client, verify_app_token, verify_token
+from bot.store import StateUrlError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,8 +149,12 @@ async def _serve(settings: Settings, err: TextIO, stop: asyncio.Event, why: dict
             print(f"rollback-bot serve: {problem}", file=err)
         return code
     settings.config.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    services = await build_services(settings.config, client,
-                                    config_path=str(settings.path) if settings.path else None)
+    try:
+        services = await build_services(settings.config, client,
+                                        config_path=str(settings.path) if settings.path else None)
+    except (SchemaTooNew, StateUrlError, StoreUnavailable) as exc:
+        print(f"rollback-bot serve: {exc}", file=err)
+        return 1
     app = create_app(secrets, services)
     runner: web.AppRunner | None = None
     socket_handler: Any = None

@@ -13,13 +13,14 @@ Slack outage it catches the thread up without losing or doubling anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,14 @@ from slack_sdk.models.blocks import (
     StaticSelectElement,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import DBAPIError
 
 from bot import compensation
 from bot.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
 from bot.lifecycle import FINAL, Status
 from bot.report import metrics_text
 from bot.runbook import ReportStep, Runbook
+from bot.schema import Fence, LeaseLost, fenced
 from bot.store import Approval, Artifact, Incident, JournalEvent, StabilityCheck, StepRun, Store
 from bot.viewmodel import SYMBOLS, IncidentView, PhaseView, build, short
 
@@ -574,9 +577,17 @@ class ThreadPublisher:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last: dict[str, float] = {}
         self._idle: dict[str, asyncio.Event] = {}
+        #: Several replicas: the fence under which this process writes an incident's thread
+        #: (None: another replica writes it, and ``elsewhere`` is told of the change instead).
+        self.fence_of: Callable[[str], Fence | None] | None = None
+        self.elsewhere: Callable[[str], None] | None = None
 
     def request(self, incident_id: str) -> None:
         """Note that the incident changed; its thread is synced soon (coalesced)."""
+        if self.fence_of is not None and self.fence_of(incident_id) is None:
+            if self.elsewhere is not None:
+                self.elsewhere(incident_id)
+            return
         self._dirty.add(incident_id)
         ev = self._idle.setdefault(incident_id, asyncio.Event())
         ev.clear()
@@ -595,6 +606,19 @@ class ThreadPublisher:
                                                      and not self._tasks[incident_id].done()):
             return
         await asyncio.wait_for(ev.wait(), timeout)
+
+    def drop(self, incident_id: str) -> None:
+        """Stop writing an incident's thread (its lease went to another replica)."""
+        self._dirty.discard(incident_id)
+        task = self._tasks.pop(incident_id, None)
+        if task is not None:
+            task.cancel()
+        self._idle.setdefault(incident_id, asyncio.Event()).set()
+
+    def busy(self, incident_id: str) -> bool:
+        """True while a sync of the incident is pending or under way."""
+        task = self._tasks.get(incident_id)
+        return incident_id in self._dirty or (task is not None and not task.done())
 
     async def close(self) -> None:
         """Stop the sync tasks (pending changes are caught up at the next start)."""
@@ -622,10 +646,16 @@ class ThreadPublisher:
             if wait > 0:
                 await asyncio.sleep(wait)
             self._dirty.discard(incident_id)
+            fence = self.fence_of(incident_id) if self.fence_of is not None else None
+            if self.fence_of is not None and fence is None:
+                break  # the lease went elsewhere: that replica writes the thread now
             try:
-                await self.sync(incident_id)
+                with fenced(fence) if fence is not None else contextlib.nullcontext():
+                    await self.sync(incident_id)
                 failures = 0
-            except TRANSIENT as exc:
+            except LeaseLost:
+                break  # another replica writes this thread now
+            except (*TRANSIENT, DBAPIError) as exc:
                 failures += 1
                 self._dirty.add(incident_id)
                 delay = min(self.retry_max, 0.5 * 2 ** min(failures, 10))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.lifecycle import Event, Status, StepStatus, is_active, transition
+from bot.schema import FENCE, SchemaTooNew, check_fence, db_now, dedup, prepare
 
 metadata = sa.MetaData()
 
@@ -184,6 +186,44 @@ def _add_missing_columns(conn: Any) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
+#: Where the state database's password comes from (never the config file), first found wins.
+PASSWORD_ENV = ("ROLLBACK_BOT_DB_PASSWORD", "PGPASSWORD")
+#: How long a Slack request id is remembered in the database to drop Slack's retries of it.
+DEDUP_SECONDS = 600.0
+
+
+class StateUrlError(ValueError):
+    """A ``state_db`` URL the bot cannot use; the message names what is wrong."""
+
+
+def state_url(url: str, environ: Mapping[str, str] | None = None) -> sa.URL:
+    """The SQLAlchemy URL of the state store: a SQLite path, or PostgreSQL through asyncpg.
+
+    A PostgreSQL password comes from ``ROLLBACK_BOT_DB_PASSWORD`` (or ``PGPASSWORD``); one
+    written in the URL itself is refused, so it never sits in a config file.
+    """
+    if "://" not in url:
+        return sa.make_url(f"sqlite+aiosqlite:///{url}")
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StateUrlError("state_db: not a database URL (postgresql+asyncpg://user@host:5432/db)") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.password:
+            raise StateUrlError("state_db: the URL holds a password; put it in ROLLBACK_BOT_DB_PASSWORD instead")
+        if parsed.get_driver_name() not in ("asyncpg", "psycopg2", "psycopg"):
+            raise StateUrlError(f"state_db: driver {parsed.get_driver_name()!r} is not supported; "
+                                "use postgresql+asyncpg://")
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        env = os.environ if environ is None else environ
+        password = next((env[k] for k in PASSWORD_ENV if env.get(k)), None)
+        return parsed.set(password=password) if password else parsed
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise StateUrlError(f"state_db: {backend!r} is not supported (a SQLite file or postgresql+asyncpg://)")
+
+
 def utcnow() -> dt.datetime:
     """Now, timezone-aware UTC."""
     return dt.datetime.now(dt.UTC)
@@ -194,6 +234,14 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
+
+
+class StoreUnavailable(RuntimeError):
+    """The state database cannot be opened; the message says why, without the password."""
+
+
+class AlreadyAnswered(RuntimeError):
+    """A question was answered meanwhile (by another click, possibly on another replica)."""
 
 
 class TargetBusy(RuntimeError):
@@ -347,11 +395,23 @@ class Store:
         self._durable_id = 0
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """Open (and create) the store at a SQLAlchemy URL or a plain SQLite file path."""
-        if "://" not in url:
-            url = f"sqlite+aiosqlite:///{url}"
-        engine = create_async_engine(url)
+    async def open(cls, url: str | sa.URL, environ: Mapping[str, str] | None = None, *,
+                   idle_in_transaction: float = 5.0) -> Store:
+        """Open the store at a SQLite file path or URL, or PostgreSQL; create or migrate its schema.
+
+        ``SchemaTooNew`` when the database was written by a newer bot. On PostgreSQL a
+        session that sits in a transaction for ``idle_in_transaction`` seconds is ended by
+        the server: a replica frozen mid-transaction (paused, cut off) releases its row
+        locks, so the standby that takes its leases is not blocked behind them.
+        """
+        parsed = url if isinstance(url, sa.URL) else state_url(url, environ)
+        if parsed.get_backend_name() == "postgresql":
+            # Pre-ping: after a server restart a pooled connection is found dead and replaced.
+            settings = {"idle_in_transaction_session_timeout": str(int(idle_in_transaction * 1000))}
+            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                         connect_args={"server_settings": settings})
+        else:
+            engine = create_async_engine(parsed)
         if engine.dialect.name == "sqlite":
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -361,9 +421,16 @@ class Store:
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        try:
+            await prepare(engine, metadata)
+        except SchemaTooNew:
+            await engine.dispose()
+            raise
+        except Exception as exc:  # unreachable, refused login, unwritable file: one line, no traceback
+            await engine.dispose()
+            reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:300]
+            raise StoreUnavailable(f"state_db: cannot open the state database ({type(exc).__name__}: "
+                                   f"{reason})") from exc
         return cls(engine)
 
     @property
@@ -384,6 +451,49 @@ class Store:
         await asyncio.to_thread(_fsync, self._wal)
         self._durable_id = max(self._durable_id, upto)
         return self._durable_id
+
+    @property
+    def replicated(self) -> bool:
+        """True on PostgreSQL, where several replicas share this store."""
+        return self.engine.dialect.name == "postgresql"
+
+    # ------------------------------------------------------------ Slack request ids
+
+    async def first_time(self, key: str) -> bool:
+        """Remember a request id; False when any replica saw it in the last ten minutes (a retry)."""
+        now = utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(dedup.insert().values(key=key[:200], at=now))
+        except IntegrityError:
+            async with self.engine.begin() as conn:
+                old = (await conn.execute(sa.update(dedup).where(
+                    dedup.c.key == key[:200], dedup.c.at < now - dt.timedelta(seconds=DEDUP_SECONDS))
+                    .values(at=now))).rowcount
+            return bool(old)
+        if now.second % 10 == 0:  # now and then, forget ids older than the window
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.delete(dedup).where(dedup.c.at < now - dt.timedelta(seconds=DEDUP_SECONDS)))
+        return True
+
+    async def forget(self, key: str) -> None:
+        """Let a request id through again (a form sent back with errors)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(dedup).where(dedup.c.key == key[:200]))
+
+    async def check_lease(self, incident_id: str) -> None:
+        """``LeaseLost`` unless the current task may still act on the incident (see ``bot.replicas``)."""
+        fence = FENCE.get()
+        if fence is None or fence.incident_id != incident_id:
+            return
+        async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
+
+    async def db_time(self) -> dt.datetime:
+        """The database's clock (PostgreSQL), or this process's."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(sa.select(db_now(conn)))).scalar_one()
+        return _aware(value) or utcnow()
 
     async def close(self) -> None:
         """Dispose of the connection pool."""
@@ -407,18 +517,18 @@ class Store:
         now = now or utcnow()
         prefix = f"RB-{now:%Y%m%d}-"
         for _ in range(5):
-            async with self.engine.begin() as conn:
-                busy = (await conn.execute(
-                    sa.select(incidents.c.id).where(incidents.c.active_target == target)
-                )).scalar()
-                if busy:
-                    raise TargetBusy(target, busy)
-                last = (await conn.execute(
-                    sa.select(sa.func.max(incidents.c.id)).where(incidents.c.id.like(prefix + "%"))
-                )).scalar()
-                seq = int(last.rsplit("-", 1)[1]) + 1 if last else 1
-                iid = f"{prefix}{seq:04d}"
-                try:
+            try:
+                async with self.engine.begin() as conn:
+                    busy = (await conn.execute(
+                        sa.select(incidents.c.id).where(incidents.c.active_target == target)
+                    )).scalar()
+                    if busy:
+                        raise TargetBusy(target, busy)
+                    last = (await conn.execute(
+                        sa.select(sa.func.max(incidents.c.id)).where(incidents.c.id.like(prefix + "%"))
+                    )).scalar()
+                    seq = int(last.rsplit("-", 1)[1]) + 1 if last else 1
+                    iid = f"{prefix}{seq:04d}"
                     await conn.execute(incidents.insert().values(
                         id=iid, target=target, active_target=target, runbook=runbook,
                         status=Status.OPEN.value, severity=severity, decision=decision,
@@ -429,11 +539,12 @@ class Store:
                         incident_id=iid, at=now, kind="incident_opened", actor=requester,
                         data={"target": target, "severity": severity, "decision": decision},
                     ))
-                except IntegrityError:
-                    busy2 = await self.active_incident(target)
-                    if busy2:
-                        raise TargetBusy(target, busy2.id) from None
-                    continue  # id race: take the next number
+            except IntegrityError:
+                # Another replica (or request) won the race: the transaction is rolled back as a whole.
+                busy2 = await self.active_incident(target)
+                if busy2:
+                    raise TargetBusy(target, busy2.id) from None
+                continue  # id race: take the next number
             return await self.incident(iid)
         raise RuntimeError("could not allocate an incident id")
 
@@ -471,6 +582,7 @@ class Store:
         """Move the incident through the lifecycle table and journal the event."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             row = (await conn.execute(
                 sa.select(incidents.c.status, incidents.c.target).where(incidents.c.id == incident_id)
             )).first()
@@ -496,6 +608,7 @@ class Store:
         """Set plain fields (channel, thread_ts, view, abort_reason, decision...)."""
         values["updated_at"] = utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(incidents.update().where(incidents.c.id == incident_id).values(**values))
 
     # ------------------------------------------------------------ steps
@@ -523,6 +636,7 @@ class Store:
         """Record a new attempt; a running one is on disk before its side effect starts."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             last = (await conn.execute(
                 sa.select(sa.func.max(step_runs.c.attempt)).where(
                     step_runs.c.incident_id == incident_id, step_runs.c.step_id == step_id)
@@ -562,7 +676,13 @@ class Store:
         """
         now = now or utcnow()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(sa.select(step_runs).where(step_runs.c.id == run_id))).one()
+            q = sa.select(step_runs).where(step_runs.c.id == run_id)
+            if values.get("answer") is not None and conn.dialect.name == "postgresql":
+                q = q.with_for_update()  # two replicas answering at once: the first one wins
+            row = (await conn.execute(q)).one()
+            if values.get("answer") is not None and row.answer is not None:
+                raise AlreadyAnswered(f"step {row.step_id!r} was already answered by {row.answer.get('user')}")
+            await check_fence(conn, row.incident_id)
             if status in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED):
                 values.setdefault("ended_at", now)
                 if row.started_at is not None:
@@ -636,6 +756,7 @@ class Store:
     ) -> None:
         """Append to the incident's event log."""
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(journal.insert().values(
                 incident_id=incident_id, at=now or utcnow(), kind=kind, actor=actor,
                 step_id=step_id, data=_jsonable(data or {}),
@@ -654,6 +775,7 @@ class Store:
         values = {k: v for k, v in check.__dict__.items() if k != "id"}
         try:
             async with self.engine.begin() as conn:
+                await check_fence(conn, check.incident_id)
                 await conn.execute(stability_checks.insert().values(**values))
                 await conn.execute(journal.insert().values(
                     incident_id=check.incident_id, at=check.at, kind="stability_check", step_id=check.step_id,
@@ -677,6 +799,7 @@ class Store:
     ) -> None:
         """Track a file the incident produced, at the moment it is made."""
         async with self.engine.begin() as conn:
+            await check_fence(conn, incident_id)
             await conn.execute(artifacts.insert().values(
                 incident_id=incident_id, step_id=step_id, name=name, path=path, sha256=sha256,
                 bytes=size, at=utcnow(),

@@ -10,6 +10,7 @@ import pytest
 
 from actions.local import LocalTransport
 from actions.ssh import SSHTransport
+from tests.pg import PgCluster, PostgresUnavailable, start_cluster
 from tests.sshd import SshdTarget, SshdUnavailable, make_ssh_transport, start_sshd
 
 #: Figure lines of the proof suite (``tests/test_proof_*.py``), printed at the end of the run.
@@ -53,6 +54,29 @@ def sshd_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdTarget
         if os.environ.get("CI"):
             pytest.fail(f"sshd is required in CI: {exc}")
         pytest.skip(f"sshd not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """A real PostgreSQL cluster for the whole session; skipped without its binaries, failed in CI."""
+    try:
+        with start_cluster() as cluster:
+            yield cluster
+    except (PostgresUnavailable, OSError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+
+
+_DATABASES = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty database of the session's cluster (its password in the environment)."""
+    url = pg_cluster.create_database(f"t{next(_DATABASES)}_{os.getpid()}")
+    monkeypatch.setenv("ROLLBACK_BOT_DB_PASSWORD", pg_cluster.password)
+    return url
 
 
 @pytest.fixture
