@@ -68,7 +68,7 @@ async def _preflight(index: int, settings: Settings, http: httpx.AsyncClient, no
     try:
         findings = await run_preflight(target, transport, http=http, hosts=hosts or None)
         failed = [f"{key}: preflight {f.check}: {f.detail}" for f in findings if f.ok is False]
-        if not failed:
+        if not any(f.ok is False and f.check in ("ssh", "workdir", "python", "database") for f in findings):
             # Which strategies the target's schema supports (read-only, through the agent).
             lines, problem = await target_strategy_lines(key, transport, target)
             notes.extend(lines)
