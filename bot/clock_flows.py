@@ -71,8 +71,6 @@ class ClockRuntime:
     http: httpx.AsyncClient | None = None
     #: The holders of a role (user groups resolved), to mention people one by one.
     holders: Callable[[str], Awaitable[list[str]]] | None = None
-    #: When this process's clock started: a check due before it fell while the bot was down.
-    started_at: dt.datetime | None = None
     _phase7_opened: set[str] = field(default_factory=set)
     _series_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
 
@@ -119,7 +117,6 @@ class ClockRuntime:
         scheduler lease's holder reconciles when it takes the lease (``scheduler_held``).
         """
         install(self)
-        self.started_at = self.now()
         await self.jobs.start()
         if reconcile:
             await self.reconcile_all()
@@ -495,11 +492,9 @@ async def _series_tick(rt: ClockRuntime, incident_id: str, run_id: int) -> None:
         if due > now:
             rt.jobs.schedule(incident_id, "stability", stability_tick, due, incident_id=incident_id, run_id=run_id)
             return
-        down = rt.started_at is not None and due < rt.started_at
-        if down or (now - due).total_seconds() >= plan.interval:
-            why = "the bot was down when it fell due" if down else "the bot was stalled past the next slot"
+        if (now - due).total_seconds() >= plan.interval:
             check = StabilityCheck(0, incident_id, run_id, run.step_id, nxt, due, now, "missed", None, None, None,
-                                   f"not run: {why}")
+                                   "not run: the bot was down (or stalled) when it fell due")
             await store.add_stability_check(check)
             continue
         result = await check_once(plan, rt.http)
