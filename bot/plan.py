@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from actions import agent_cache
 from actions.shellsession import wrap_command
-from actions.sqlite import agent_sha256, agent_source, build_command
+from actions.sqlite import agent_bundle, agent_sha256, build_command
 from bot.approvals import ApprovalPolicy
 from bot.runbook import (
     ApprovalStep,
@@ -210,7 +211,8 @@ def _state(step: StepBase, ctx: dict[str, Any]) -> str:
 
 @functools.cache
 def _quoted_agent() -> str:
-    return shlex.quote(agent_source())
+    # The engine runs the agent from its install on the target (``actions.agent_cache``).
+    return shlex.quote(agent_cache.bootstrap(agent_bundle(), agent_cache.DEFAULT_DIR))
 
 
 @functools.cache
@@ -219,7 +221,7 @@ def _agent_sha256() -> str:
 
 
 def _sqlite_sent(op: str, params: dict[str, Any], settings: TargetSettings, timeout: float) -> str:
-    command, stdin = build_command(op, params, python=settings.python)
+    command, stdin = build_command(op, params, python=settings.python, agent_dir=agent_cache.DEFAULT_DIR)
     agent = _quoted_agent()
     short = f"<the SQLite agent, actions/sqlite_agent.py, sha256 {_agent_sha256()}>"
     # The agent follows the interpreter and its flags; compared in place (a 70 KB search is slow).

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from actions import agent_cache
 from actions.shellsession import wrap_command
-from actions.sqlite import agent_sha256, agent_source
+from actions.sqlite import agent_bundle, agent_sha256
 from actions.transport import ShellResult, Transport
 from bot.cli import main
 from bot.engine import Engine, Target
@@ -216,7 +217,7 @@ async def test_planned_commands_are_exactly_what_the_engine_sends(tmp_path: Path
     assert inc.id in planned[1] and inc.stamp in planned[1]
     # The SQLite operation: the same command with the agent's source named by its sha256.
     command, timeout, cwd = recorder.sent[2]
-    named = command.replace(shlex.quote(agent_source()),
+    named = command.replace(shlex.quote(agent_cache.bootstrap(agent_bundle(), agent_cache.DEFAULT_DIR)),
                             f"<the SQLite agent, actions/sqlite_agent.py, sha256 {agent_sha256()}>")
     assert plan.steps[2].detail["sent"] == wrap_command(named, timeout=timeout, cwd=cwd)
     print(f"planned == sent for {len(sent)} of {len(plan.steps)} steps")
