@@ -861,7 +861,11 @@ class Engine:
                     opt = {"value": value, "label": label, "description": desc}
                     # An option the target cannot support is shown with its reason, never picked.
                     opt.update({k: str(row[k]) for k in ("disabled", "suggested") if row.get(k)})
-                    opts.append(opt)
+                    same = next((o for o in opts if o["value"] == value), None)
+                    if same is not None:  # the target's word on a static option refines it
+                        same.update(opt)
+                    else:
+                        opts.append(opt)
         return opts
 
     async def _perform(self, inc: Incident, step: StepBase, ctx: dict[str, Any], *,

@@ -79,7 +79,9 @@ def parse_choices(runbook: Runbook, pairs: list[str], strategy: str | None) -> d
         if not value:
             raise PlanInputError(f"--choice {key}: give a value, e.g. {key}=VALUE")
         allowed = [o.value for o in step.options]
-        if step.options_from is None and value not in allowed:
+        # strategy_support only annotates the static options (the target's reasons); others list new ones.
+        listed = step.options_from is not None and step.options_from.op != "strategy_support"
+        if not listed and value not in allowed:
             raise PlanInputError(f"--choice {key}: {value[:40]!r} is not one of {', '.join(allowed)}")
         out[key] = value
     return out

@@ -23,7 +23,8 @@ from bot.config import BotConfig
 from bot.drill.clock import DrillClock
 from bot.drill.record_checks import record_checks
 from bot.drill.simulate import DrillError, policy_approvers, run_simulated
-from bot.drill.verdict import Check, Verdict, check_point_verdict
+from bot.drill.verdict import Check, Verdict
+from bot.drill.verdict_point import check_point_verdict
 from bot.engine import Engine, Target, Waiting
 from bot.last_tested import last_tested, record_rehearsal
 from bot.lifecycle import Status
