@@ -11,7 +11,7 @@ import pytest
 
 from actions import agent_cache, sqlite
 from actions.local import LocalTransport
-from actions.sqlite import MAX_COMMAND_BYTES, agent_source, build_command, sqlite_op
+from actions.sqlite import MAX_COMMAND_BYTES, agent_loader, agent_source, build_command, sqlite_op
 from actions.transport import Transport
 from bot.drill.sshd import SshdTarget
 from tests.sshd import make_ssh_transport
@@ -113,7 +113,7 @@ async def test_install_refuses_a_folder_others_may_write_and_falls_back_when_not
     try:
         await _ops(other, db, blocked / "cache", 3)
         sent = agent_cache.shipping(other)
-        assert sent.inline and sent.uploads == 1 and sent.bytes_sent > 3 * len(agent_source().encode())
+        assert sent.inline and sent.uploads == 1 and sent.bytes_sent > 3 * len(agent_loader().encode())
     finally:
         await other.close()
 
