@@ -4,7 +4,7 @@
    steps on its own local target, so the engine, the store and the thread publisher are
    busy the whole time). The same signed requests (``/rollback start`` that opens the
    modal, and a click on an Approve button) are sent over HTTP on loopback to the bot's
-   real ``/slack/events`` (``bot.slack_app.web_app``) and to a bare Bolt ``AsyncApp`` that
+   real ``/slack/events`` (``handlers.app.web_app``) and to a bare Bolt ``AsyncApp`` that
    only acks, served the same way (aiohttp) but in a process of its own, so it does not
    share the bot's interpreter or event loop; alternating A/B so both see the same machine
    load. The client runs in its own thread with keep-alive connections. Printed: p50/p99
@@ -48,11 +48,11 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request  # n
 from slack_bolt.async_app import AsyncAck, AsyncApp  # noqa: E402
 from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
 
-from bot.config import BotConfig, SlackSecrets, parse_config  # noqa: E402
-from bot.lifecycle import Status  # noqa: E402
-from bot.services import Services, build_services  # noqa: E402
-from bot.slack_app import create_app, web_app  # noqa: E402
-from bot.slack_client import make_client  # noqa: E402
+from bot.core.config import BotConfig, SlackSecrets, parse_config  # noqa: E402
+from bot.core.lifecycle import Status  # noqa: E402
+from bot.slack.client import make_client  # noqa: E402
+from bot.slack.services import Services, build_services  # noqa: E402
+from handlers.app import create_app, web_app  # noqa: E402
 from tests.slack_driver import SlackDriver, bolt_sender  # noqa: E402
 from tests.slack_fake import SlackFake  # noqa: E402
 from tests.slack_player import Cast, default_answers, play_incident  # noqa: E402

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bot.replicas import INCIDENT  # noqa: E402
-from bot.store import Store  # noqa: E402
+from bot.state.replicas import INCIDENT  # noqa: E402
+from bot.state.store import Store  # noqa: E402
 from tests.ha_cluster import CH, IC, Cluster, until  # noqa: E402
 from tests.pg import start_cluster  # noqa: E402
 from tests.slack_fake import SlackFake  # noqa: E402

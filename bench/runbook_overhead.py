@@ -3,7 +3,7 @@
 Each repetition runs the default runbook twice, each time on a fresh, identical drill
 sandbox (same root, port, seed and clock) reached through a real local sshd:
 
-1. **engine**: ``bot.engine.Engine`` wired as ``rollback-bot drill`` wires it (store,
+1. **engine**: ``bot.core.engine.Engine`` wired as ``rollback-bot drill`` wires it (store,
    records, in-process scheduler) with the drill's simulated people (approvals and
    choices answered at once, waits compressed by ``--time-scale``), over ``SSHTransport``
    (persistent shells on one connection), checked with the drill's verdict;
@@ -50,15 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from actions.sqlite import OPS, build_command
-from bot.drill.clock import DrillClock
-from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
-from bot.drill.sandbox import ProcessManager, Sandbox, build_sandbox, free_port
-from bot.drill.sshd import SshdTarget, SshdUnavailable, start_sshd
-from bot.drill.verdict import check_verdict, differing_rows, expected_levels
-from bot.engine import Engine, Target, Waiting
-from bot.lifecycle import FINAL, Status, StepStatus
-from bot.records import Records, RecordsConfig
-from bot.runbook import (
+from bot.core.engine import Engine, Target, Waiting
+from bot.core.lifecycle import FINAL, Status, StepStatus
+from bot.core.runbook import (
     ApprovalStep,
     ChoiceStep,
     CommandStep,
@@ -70,9 +64,15 @@ from bot.runbook import (
     WaitStep,
     default_runbook,
 )
-from bot.store import StepRun, Store
-from bot.targets import TargetSettings, open_transport
-from bot.templating import render_shell, render_text, render_value
+from bot.core.targets import TargetSettings, open_transport
+from bot.core.templating import render_shell, render_text, render_value
+from bot.drill.clock import DrillClock
+from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
+from bot.drill.sandbox import ProcessManager, Sandbox, build_sandbox, free_port
+from bot.drill.sshd import SshdTarget, SshdUnavailable, start_sshd
+from bot.drill.verdict import check_verdict, differing_rows, expected_levels
+from bot.record.records import Records, RecordsConfig
+from bot.state.store import StepRun, Store
 
 #: The whole incident against the one script, and the engine's bookkeeping a machine step.
 RATIO_TARGET = 1.10

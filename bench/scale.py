@@ -8,7 +8,7 @@
    until it waits for a person. All are opened first; then every approval is pressed at
    once, so all of them execute together (backups, checks, verification: steps that take
    time). While they run, signed ``/rollback start`` requests and Approve clicks are sent
-   over HTTP on loopback to the bot's real ``/slack/events`` (``bot.slack_app.web_app``)
+   over HTTP on loopback to the bot's real ``/slack/events`` (``handlers.app.web_app``)
    from a client thread. Printed: how many incidents executed at once (the peak overlap of
    their executing intervals, from the step runs' times), the bot process's peak RSS
    (VmHWM; the sandboxes' apps are other processes), the ack p99 and the load average.
@@ -59,17 +59,17 @@ from ack import (  # noqa: E402
 )
 
 from actions.transport import Transport  # noqa: E402
-from bot.config import SlackSecrets, parse_config  # noqa: E402
+from bot.core.config import SlackSecrets, parse_config  # noqa: E402
+from bot.core.engine import Engine, Target  # noqa: E402
+from bot.core.lifecycle import Status  # noqa: E402
+from bot.core.runbook import parse_runbook  # noqa: E402
+from bot.core.targets import TargetSettings, open_transports  # noqa: E402
 from bot.drill.sandbox import Sandbox, build_sandbox  # noqa: E402
 from bot.drill.sshd import start_sshd  # noqa: E402
-from bot.engine import Engine, Target  # noqa: E402
-from bot.lifecycle import Status  # noqa: E402
-from bot.runbook import parse_runbook  # noqa: E402
-from bot.services import Services, build_services  # noqa: E402
-from bot.slack_app import create_app, web_app  # noqa: E402
-from bot.slack_client import make_client  # noqa: E402
-from bot.store import Store  # noqa: E402
-from bot.targets import TargetSettings, open_transports  # noqa: E402
+from bot.slack.client import make_client  # noqa: E402
+from bot.slack.services import Services, build_services  # noqa: E402
+from bot.state.store import Store  # noqa: E402
+from handlers.app import create_app, web_app  # noqa: E402
 from tests.slack_driver import SlackDriver, bolt_sender  # noqa: E402
 from tests.slack_fake import SlackFake  # noqa: E402
 

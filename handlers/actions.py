@@ -1,4 +1,4 @@
-"""Buttons and selects the bot posted: ack at once, then one flow of ``bot.incidents``."""
+"""Buttons and selects the bot posted: ack at once, then one flow of ``bot.slack.flows``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import clock_slack, incidents
-from bot.clock_view import CLOCK_ACTIONS
-from bot.slack_view import ANSWER, APPROVE, REJECT
+from bot.clock import slack as clock_slack
+from bot.clock.view import CLOCK_ACTIONS
+from bot.slack import flows as incidents
+from bot.slack.view import ANSWER, APPROVE, REJECT
 
 
 def _where(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The slash command: ack at once, then one flow of ``bot.incidents``."""
+"""The slash command: ack at once, then one flow of ``bot.slack.flows``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import incidents
+from bot.slack import flows as incidents
 
 
 async def rollback_command(ack: AsyncAck, body: dict[str, Any], command: dict[str, Any],

@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from bot import incidents
+from bot.slack import flows as incidents
 
 
 async def on_error(error: Exception, body: dict[str, Any], context: AsyncBoltContext) -> None:

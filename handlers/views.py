@@ -6,8 +6,8 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from bot import incidents
-from bot.slack_forms import REJECT_CALLBACK, START_CALLBACK
+from bot.slack import flows as incidents
+from bot.slack.forms import REJECT_CALLBACK, START_CALLBACK
 
 
 async def start_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any],

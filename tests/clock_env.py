@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from actions.local import LocalTransport
-from bot.approvals import DEFAULT_POLICY
-from bot.clock_flows import ClockRuntime
-from bot.clock_settings import ClockSettings
-from bot.engine import Engine, Target
-from bot.records import Records, RecordsConfig
-from bot.runbook import parse_runbook
-from bot.scheduler import JobScheduler, ManualClock, jobs_url
-from bot.stability import StabilitySettings
-from bot.store import Incident, Store
-from bot.targets import TargetSettings
+from bot.clock.flows import ClockRuntime
+from bot.clock.scheduler import JobScheduler, ManualClock, jobs_url
+from bot.clock.settings import ClockSettings
+from bot.clock.stability import StabilitySettings
+from bot.core.approvals import DEFAULT_POLICY
+from bot.core.engine import Engine, Target
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.record.records import Records, RecordsConfig
+from bot.state.store import Incident, Store
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)  # a Wednesday
 

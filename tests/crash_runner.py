@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from actions.local import LocalTransport
-from bot.engine import Engine, Target
-from bot.runbook import load_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.core.engine import Engine, Target
+from bot.core.runbook import load_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store
 
 
 async def _main(args: argparse.Namespace) -> dict[str, object]:

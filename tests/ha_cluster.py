@@ -1,6 +1,6 @@
 """Several ``rollback-bot serve`` replicas as separate processes on one PostgreSQL, for HA tests and bench/ha.py.
 
-Each replica is the real command (``python -m bot.cli serve``) in HTTP mode on its own
+Each replica is the real command (``python -m handlers.app serve``) in HTTP mode on its own
 port, with the configuration the README's compose file uses (one ``state_db`` URL, the
 password in ``ROLLBACK_BOT_DB_PASSWORD``, the Slack fake as ``SLACK_API_URL``). The test
 plays Slack: signed requests go to whichever replica it chooses (a load balancer),
@@ -25,8 +25,8 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bot.schema import leases
-from bot.store import state_url
+from bot.state.schema import leases
+from bot.state.store import state_url
 from tests.pg import free_port
 from tests.slack_driver import Sender, SlackDriver
 from tests.slack_fake import SlackFake
@@ -124,7 +124,7 @@ class Cluster:
 
     def _spawn(self, r: Replica) -> None:
         with r.log.open("ab") as log:
-            r.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--config", str(r.config)],
+            r.proc = subprocess.Popen([sys.executable, "-m", "handlers.app", "serve", "--config", str(r.config)],
                                       cwd=str(r.config.parent), env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 

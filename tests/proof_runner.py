@@ -22,14 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.core.engine import Engine, Target, Waiting
+from bot.core.lifecycle import FINAL
+from bot.core.runbook import default_runbook
+from bot.core.targets import TargetSettings, open_transport
 from bot.drill.clock import DrillClock
 from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
-from bot.engine import Engine, Target, Waiting
-from bot.lifecycle import FINAL
-from bot.records import Records, RecordsConfig
-from bot.runbook import default_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transport
+from bot.record.records import Records, RecordsConfig
+from bot.state.store import Store
 
 TARGET = "sandbox"
 PERSON = "U0DRILLIC"

@@ -21,9 +21,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bot.lifecycle import FINAL
-from bot.services import Services
-from bot.store import Incident
+from bot.core.lifecycle import FINAL
+from bot.slack.services import Services
+from bot.state.store import Incident
 from tests.slack_driver import SlackDriver
 from tests.slack_fake import Control, SlackFake
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from actions.local import LocalTransport
-from bot.audit import AuditLog, AuditSink, seal, verify_chain
-from bot.cli import main
-from bot.engine import Engine, Target
-from bot.lifecycle import Status
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.cli.main import main
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.record.audit import AuditLog, AuditSink, seal, verify_chain
+from bot.state.store import Store
 
 
 async def _chain(path: Path, n: int) -> None:

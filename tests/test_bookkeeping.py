@@ -11,12 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from actions.local import LocalTransport
-from bot.audit import verify_chain
-from bot.engine import Engine, Target
-from bot.lifecycle import Status
-from bot.runbook import parse_runbook
-from bot.store import Store, journal
-from bot.targets import TargetSettings
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.record.audit import verify_chain
+from bot.state.store import Store, journal
 
 STEPS = 12
 RUNBOOK = textwrap.dedent("""\

@@ -7,9 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from bot.check import SECTIONS, run_checks
-from bot.config import Settings, SlackSecrets, parse_config
-from bot.slack_client import MANIFEST_BOT_SCOPES
+from bot.cli.check import SECTIONS, run_checks
+from bot.core.config import Settings, SlackSecrets, parse_config
+from bot.slack.client import MANIFEST_BOT_SCOPES
 from tests.health_server import HealthServer
 from tests.slack_fake import SlackFake
 from tests.test_preflight import make_ready
@@ -67,7 +67,7 @@ async def test_every_unready_part_is_named(tmp_path: Path) -> None:
 
 
 def test_check_command_prints_each_problem_and_exits_1(tmp_path: Path, monkeypatch: Any) -> None:
-    from bot.check import check_main
+    from bot.cli.check import check_main
 
     (tmp_path / "bot.yml").write_text(
         "slack: {channels: [C0INCIDENT1]}\nroles: {tech_lead: {users: [U0LEAD]}}\n"

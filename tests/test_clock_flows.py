@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.approvals import DEFAULT_POLICY
-from bot.clock_flows import P2_DECISION, P3_DECISION
-from bot.clock_settings import MaintenanceWindow
-from bot.lifecycle import Status
-from bot.slack_view import desired_messages, load_state
+from bot.clock.flows import P2_DECISION, P3_DECISION
+from bot.clock.settings import MaintenanceWindow
+from bot.core.approvals import DEFAULT_POLICY
+from bot.core.lifecycle import Status
+from bot.slack.view import desired_messages, load_state
 from tests.clock_env import T0, ClockEnv
 
 RUNBOOK = textwrap.dedent("""\

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from actions.local import LocalTransport
-from bot.compensation import outcome
-from bot.engine import AnswerRefused, Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import RunbookError, parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.core.compensation import outcome
+from bot.core.engine import AnswerRefused, Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import RunbookError, parse_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store
 
 RUNBOOK = textwrap.dedent("""\
     name: comp
@@ -167,7 +167,7 @@ def test_runbook_check_names_file_line_and_reason(change: tuple[str, str], messa
 
 
 def test_default_runbook_declares_a_compensation() -> None:
-    from bot.runbook import default_runbook
+    from bot.core.runbook import default_runbook
 
     comp = default_runbook().compensation
     assert comp is not None and comp.triggers == ["abort", "failure"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
-from bot.config import BotConfig
+from bot.core.config import BotConfig
 from tests.ha_cluster import Cluster
 from tests.slack_fake import SlackFake
 

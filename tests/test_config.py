@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.approvals import DEFAULT_POLICY
-from bot.config import ConfigError, load_settings, parse_config
+from bot.core.approvals import DEFAULT_POLICY
+from bot.core.config import ConfigError, load_settings, parse_config
 
 GOOD = {
     "slack": {"channels": ["C0INCIDENT1"]},

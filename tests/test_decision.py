@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bot.decision import (
+from bot.core.decision import (
     BUSINESS_RISKS,
     IMPACTS,
     ROWS,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from actions.local import LocalTransport
 from actions.ssh import SSHTransport
-from bot.runbook import CommandStep, default_runbook
-from bot.targets import TargetSettings
-from bot.templating import render_shell
+from bot.core.runbook import CommandStep, default_runbook
+from bot.core.targets import TargetSettings
+from bot.core.templating import render_shell
 
 
 def _command(step_id: str, workdir: Path) -> str:

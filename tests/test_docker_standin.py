@@ -65,12 +65,12 @@ class Image:
 
     def command(self, *args: str) -> list[str]:
         """``rollback-bot ARGS`` inside the image, as its user."""
-        return [*self.as_user(), *self.python, "-m", "bot.cli", *args]
+        return [*self.as_user(), *self.python, "-m", "handlers.app", *args]
 
 
 def _runnable(prefix: list[str], python: list[str], pythonpath: str) -> bool:
     try:
-        done = subprocess.run([*prefix, *python, "-c", "import bot.slack_app"], cwd="/", capture_output=True,
+        done = subprocess.run([*prefix, *python, "-c", "import handlers.app"], cwd="/", capture_output=True,
                               timeout=300, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": pythonpath})
     except (OSError, subprocess.TimeoutExpired):
         return False

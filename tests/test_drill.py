@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
+from bot.core.lifecycle import Status
 from bot.drill.run import print_result, run_drill
-from bot.lifecycle import Status
 
 #: The plan's minutes as a few milliseconds: the drill's own default is 0.01.
 FAST = 0.002

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from actions.local import LocalTransport
-from bot.engine import AnswerRefused, Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import Runbook, parse_runbook
-from bot.store import Store, TargetBusy
-from bot.targets import TargetSettings
+from bot.core.engine import AnswerRefused, Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import Runbook, parse_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store, TargetBusy
 
 RUNBOOK = textwrap.dedent("""\
     name: t

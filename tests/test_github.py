@@ -11,11 +11,11 @@ import pytest
 
 from actions.github import GitHubClient, GitHubError, Release, WorkflowRun, WorkflowRunFailed, previous_release
 from actions.local import LocalTransport
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store
 from tests.github_fake import GitHubFake
 
 TOKEN = "ghp_test_token"

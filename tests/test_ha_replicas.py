@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot.drill.sshd import SshdTarget
-from bot.replicas import INCIDENT, SCHEDULER
-from bot.store import Store, incidents
+from bot.state.replicas import INCIDENT, SCHEDULER
+from bot.state.store import Store, incidents
 from tests.ha_cluster import CH, IC, Cluster, until
 from tests.health_server import HealthServer
 from tests.pg import PgCluster, wait_ready

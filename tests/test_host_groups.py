@@ -11,12 +11,12 @@ from pydantic import ValidationError
 from actions.fanout import run_on_hosts
 from actions.local import LocalTransport
 from actions.transport import Transport
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings, open_transports
 from bot.drill.sshd import SshdTarget
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transports
+from bot.state.store import Store
 from tests.sshd import make_ssh_transport
 
 RUNBOOK = textwrap.dedent("""\
@@ -176,8 +176,8 @@ async def test_ssh_group_of_connections_to_one_sshd(sshd_target: SshdTarget, tmp
 
 
 def test_view_shows_each_failed_host() -> None:
-    from bot.store import StepRun
-    from bot.viewmodel import _facts
+    from bot.record.viewmodel import _facts
+    from bot.state.store import StepRun
 
     run = StepRun.__new__(StepRun)
     object.__setattr__(run, "captures", {"hosts": [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy, Vote, counts, evaluate
-from bot.lifecycle import TRANSITIONS, Event, IllegalTransition, Status, transition
+from bot.core.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy, Vote, counts, evaluate
+from bot.core.lifecycle import TRANSITIONS, Event, IllegalTransition, Status, transition
 
 
 def test_legal_and_illegal_moves() -> None:

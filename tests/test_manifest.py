@@ -20,7 +20,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from bot.slack_client import MANIFEST_BOT_SCOPES
+from bot.slack.client import MANIFEST_BOT_SCOPES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SCHEMA_DIR = ROOT.parent / "shared" / "slack-manifest-schema"

@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 
 from actions.local import LocalTransport
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store
 
 RUNBOOK = textwrap.dedent("""\
     name: notify
@@ -126,8 +126,8 @@ async def test_the_webhook_url_is_redacted_everywhere(
 ) -> None:
     import logging
 
-    from bot.audit import AuditLog, AuditSink
-    from bot.redaction import Redactor, env_secrets, redact_logs
+    from bot.core.redaction import Redactor, env_secrets, redact_logs
+    from bot.record.audit import AuditLog, AuditSink
 
     # A Slack-style webhook: the whole URL is the credential; nothing listens there.
     secret_url = "http://127.0.0.1:9/services/T0SECRET/B0SECRET/abcdefSECRETxyz"

@@ -19,12 +19,12 @@ from actions import agent_cache
 from actions.shellsession import wrap_command
 from actions.sqlite import agent_bundle, agent_sha256
 from actions.transport import ShellResult, Transport
-from bot.cli import main
-from bot.engine import Engine, Target
-from bot.plan import build_plan, plan_context
-from bot.runbook import default_runbook, default_runbook_text, parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transport
+from bot.cli.main import main
+from bot.core.engine import Engine, Target
+from bot.core.runbook import default_runbook, default_runbook_text, parse_runbook
+from bot.core.targets import TargetSettings, open_transport
+from bot.plan.render import build_plan, plan_context
+from bot.state.store import Store
 from tests.sshd import SshdTarget
 
 

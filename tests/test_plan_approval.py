@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from bot.engine import Engine, Target
-from bot.lifecycle import Status
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings
+from bot.state.store import Store
 from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 from tests.test_slack_e2e import CH, IC, LEAD, NOBODY, PO, REQ, RUNBOOK, Harness, _config, _open_incident, _start
 

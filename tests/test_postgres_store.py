@@ -10,14 +10,14 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio
 
-from bot.config import ConfigError, Settings, SlackSecrets, parse_config
-from bot.lifecycle import StepStatus
-from bot.replicas import INCIDENT, SCHEDULER, Coordinator
-from bot.scheduler import JobScheduler
-from bot.schema import SCHEMA_VERSION, LeaseLost, SchemaTooNew, fenced, schema_version
-from bot.services import jobs_store_url
-from bot.slack_app import serve
-from bot.store import AlreadyAnswered, StateUrlError, Store, TargetBusy, state_url
+from bot.clock.scheduler import JobScheduler
+from bot.core.config import ConfigError, Settings, SlackSecrets, parse_config
+from bot.core.lifecycle import StepStatus
+from bot.slack.services import jobs_store_url
+from bot.state.replicas import INCIDENT, SCHEDULER, Coordinator
+from bot.state.schema import SCHEMA_VERSION, LeaseLost, SchemaTooNew, fenced, schema_version
+from bot.state.store import AlreadyAnswered, StateUrlError, Store, TargetBusy, state_url
+from handlers.app import serve
 from tests.pg import PgCluster, free_port
 from tests.slack_fake import SlackFake
 

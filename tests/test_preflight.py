@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from actions.local import LocalTransport
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.preflight import CHECKS, run_preflight
-from bot.runbook import parse_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transport
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.preflight import CHECKS, run_preflight
+from bot.core.runbook import parse_runbook
+from bot.core.targets import TargetSettings, open_transport
+from bot.state.store import Store
 from tests.health_server import HealthServer
 from tests.sshd import SshdTarget
 

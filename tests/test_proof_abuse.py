@@ -41,13 +41,13 @@ from hypothesis import strategies as st
 from actions.local import LocalTransport
 from actions.sqlite import sqlite_op
 from actions.sqlite_schema import apply_schema
-from bot.engine import Engine, Target
-from bot.lifecycle import Status
-from bot.runbook import load_runbook
-from bot.slack_view import ANSWER, answer_value
-from bot.store import Store
-from bot.targets import TargetSettings
-from bot.templating import TemplateError, render_shell
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status
+from bot.core.runbook import load_runbook
+from bot.core.targets import TargetSettings
+from bot.core.templating import TemplateError, render_shell
+from bot.slack.view import ANSWER, answer_value
+from bot.state.store import Store
 from tests import test_slack_e2e as e2e
 
 CANARY = Path("/tmp") / f"rollback-bot-canary-{uuid.uuid4().hex}"

@@ -51,10 +51,8 @@ import pytest
 
 from actions.local import LocalTransport
 from actions.sqlite_agent import KILL_HOOK_ENV
-from bot.drill.sandbox import Sandbox, build_sandbox
-from bot.drill.verdict import check_verdict
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import (
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import (
     ChoiceStep,
     CommandStep,
     GovernanceStep,
@@ -66,9 +64,11 @@ from bot.runbook import (
     WaitStep,
     default_runbook,
 )
-from bot.store import Store
-from bot.targets import TargetSettings
-from bot.templating import TemplateError, lookup
+from bot.core.targets import TargetSettings
+from bot.core.templating import TemplateError, lookup
+from bot.drill.sandbox import Sandbox, build_sandbox
+from bot.drill.verdict import check_verdict
+from bot.state.store import Store
 from tests.sshd import SshdTarget
 
 ROOT = Path(__file__).resolve().parent.parent

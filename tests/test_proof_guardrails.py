@@ -33,12 +33,12 @@ from actions.errors import ActionError
 from actions.local import LocalTransport
 from actions.sqlite import SqliteAgentError, sqlite_op
 from actions.sqlite_agent import content_hash
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import SqliteStep, default_runbook, load_runbook
+from bot.core.targets import TargetSettings
 from bot.drill.sandbox import Sandbox, build_sandbox
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import SqliteStep, default_runbook, load_runbook
-from bot.store import Store, TargetBusy
-from bot.targets import TargetSettings
+from bot.state.store import Store, TargetBusy
 from tests import test_slack_e2e as e2e
 
 SEED = 20261125

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from actions.errors import ConnectionLost
-from bot.engine import Engine, Target
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import load_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transport
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import load_runbook
+from bot.core.targets import TargetSettings, open_transport
+from bot.state.store import Store
 from tests.sshd import SshdTarget
 from tests.tcp_proxy import TcpProxy
 
@@ -157,7 +157,7 @@ SLACK_RUNBOOK = textwrap.dedent("""\
 async def test_slack_unreachable_for_five_minutes_mid_incident(
     tmp_path: Path, proof_report: Callable[[str], None],
 ) -> None:
-    from bot.config import parse_config
+    from bot.core.config import parse_config
     from tests import test_slack_e2e as e2e
     from tests.slack_fake import SlackFake
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import SlackSecrets, parse_config
+from bot.core.config import SlackSecrets, parse_config
+from bot.core.lifecycle import Status
+from bot.core.redaction import MASK, Redactor
 from bot.drill.sandbox import build_sandbox
-from bot.lifecycle import Status
-from bot.redaction import MASK, Redactor
-from bot.services import build_services
-from bot.slack_app import create_app
-from bot.slack_client import make_client
+from bot.slack.client import make_client
+from bot.slack.services import build_services
+from handlers.app import create_app
 from tests.github_fake import GitHubFake
 from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from bot.cli import parser
-from bot.config import BotConfig
-from bot.runbook import default_runbook_text, parse_runbook
+from bot.cli.main import parser
+from bot.core.config import BotConfig
+from bot.core.runbook import default_runbook_text, parse_runbook
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -46,7 +46,7 @@ def test_the_runbook_snippets_fit_the_default_runbook() -> None:
 
 
 def test_every_target_setting_is_documented() -> None:
-    from bot.targets import TargetSettings
+    from bot.core.targets import TargetSettings
 
     missing = [name for name in TargetSettings.model_fields if f"`{name}`" not in README]
     assert not missing, f"README does not document target settings {missing}"

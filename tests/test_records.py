@@ -14,22 +14,22 @@ from typing import Any
 
 import pytest
 
-from bot.audit import verify_chain
-from bot.config import SlackSecrets, parse_config
+from bot.core.config import SlackSecrets, parse_config
+from bot.core.lifecycle import Status
+from bot.core.runbook import default_runbook
 from bot.drill.run import print_result, run_drill
 from bot.drill.sandbox import build_sandbox
 from bot.drill.sshd import SshdUnavailable
 from bot.drill.verdict import check_verdict
-from bot.evidence import verify_archive
-from bot.lifecycle import Status
-from bot.metrics import gather, metrics_table, success_metrics
-from bot.records import MetricTargets
-from bot.report import stamp
-from bot.runbook import default_runbook
-from bot.services import build_services
-from bot.slack_app import create_app
-from bot.slack_client import make_client
-from bot.store import Store
+from bot.record.audit import verify_chain
+from bot.record.evidence import verify_archive
+from bot.record.metrics import gather, metrics_table, success_metrics
+from bot.record.records import MetricTargets
+from bot.record.report import stamp
+from bot.slack.client import make_client
+from bot.slack.services import build_services
+from bot.state.store import Store
+from handlers.app import create_app
 from tests.github_fake import GitHubFake
 from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.cli import main
+from bot.cli.main import main
+from bot.core.runbook import default_runbook_text
 from bot.drill.sandbox import Sandbox, build_sandbox
-from bot.last_tested import last_tested, rehearsal_history
-from bot.runbook import default_runbook_text
-from bot.store import Store
+from bot.record.last_tested import last_tested, rehearsal_history
+from bot.state.store import Store
 from tests.sshd import SshdTarget
 
 FAST = "0.002"

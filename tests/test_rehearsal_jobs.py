@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from bot.config import SlackSecrets, load_config
-from bot.rehearsal_jobs import scheduled_rehearsal
-from bot.services import build_services
-from bot.slack_client import make_client
+from bot.core.config import SlackSecrets, load_config
+from bot.plan.rehearsal_jobs import scheduled_rehearsal
+from bot.slack.client import make_client
+from bot.slack.services import build_services
 from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 
 CH = "C0REHEARSE"
@@ -45,7 +45,7 @@ async def test_a_scheduled_rehearsal_is_one_stable_job_and_a_failure_mentions_th
                 jobs = [j for j in services.clock.jobs.jobs() if j.id.startswith("rehearsal:")]
                 assert [j.id for j in jobs] == ["rehearsal:staging:0"]
                 assert jobs[0].next_run is not None and jobs[0].next_run.weekday() == 0
-                assert jobs[0].func == "bot.rehearsal_jobs:scheduled_rehearsal"
+                assert jobs[0].func == "bot.plan.rehearsal_jobs:scheduled_rehearsal"
                 pickle.dumps(jobs[0].kwargs)
             finally:
                 await services.close()

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import ConfigError, RoleMembers, parse_config
-from bot.roles import RoleDirectory, RoleLookupFailed
+from bot.core.config import ConfigError, RoleMembers, parse_config
+from bot.core.roles import RoleDirectory, RoleLookupFailed
 from tests.slack_fake import SlackFake
 
 LEAD, PO, VP, NOBODY = "U0LEAD", "U0PRODOWNER", "U0VPENG", "U0RANDOM"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.runbook import Condition, RunbookError, default_runbook, default_runbook_text, load_runbook, parse_runbook
+from bot.cli.main import main
+from bot.core.runbook import Condition, RunbookError, default_runbook, default_runbook_text, load_runbook, parse_runbook
 
 
 def _mini(steps: str) -> str:

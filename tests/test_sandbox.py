@@ -18,6 +18,7 @@ import pytest
 
 from actions import sqlite_agent
 from actions.sqlite_agent import content_hash
+from bot.core.targets import TargetSettings
 from bot.drill.sandbox import (
     APP_NAME,
     DEPLOYMENT_TABLES,
@@ -30,7 +31,6 @@ from bot.drill.sandbox import (
     find_pm2,
     free_port,
 )
-from bot.targets import TargetSettings
 
 TABLES = ("projects", "phases", "step_progress", "governance_logs", "change_history", "user_permissions")
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)

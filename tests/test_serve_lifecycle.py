@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.lifecycle import Status, StepStatus
-from bot.store import Store
+from bot.core.lifecycle import Status, StepStatus
+from bot.state.store import Store
 from tests.slack_fake import SlackFake
 
 CH = "C0INCIDENT1"
@@ -70,7 +70,7 @@ async def start_serve(config: Path, env: dict[str, str], *, user: list[str] | No
                       ) -> asyncio.subprocess.Process:
     """``rollback-bot serve --config FILE`` as a child process (``user``: a command prefix to run it as)."""
     return await asyncio.create_subprocess_exec(
-        *(user or []), sys.executable, "-m", "bot.cli", "serve", "--config", str(config), cwd=str(ROOT), env=env,
+        *(user or []), sys.executable, "-m", "handlers.app", "serve", "--config", str(config), cwd=str(ROOT), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
@@ -92,7 +92,7 @@ async def _running_incident(state_db: str) -> str:
         inc = await store.create_incident(target="t1", runbook="lifecycle", severity="P1",
                                           decision="Immediate", requester="U0REQUESTER", reason="test")
         await store.update_incident(inc.id, channel=CH)
-        from bot.lifecycle import Event
+        from bot.core.lifecycle import Event
 
         await store.apply(inc.id, Event.START)
         return inc.id

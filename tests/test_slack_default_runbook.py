@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from bot.config import BotConfig, SlackSecrets, parse_config
+from bot.core.config import BotConfig, SlackSecrets, parse_config
+from bot.core.lifecycle import Status
+from bot.core.runbook import default_runbook
 from bot.drill.sandbox import Sandbox, build_sandbox
 from bot.drill.verdict import check_verdict
-from bot.lifecycle import Status
-from bot.runbook import default_runbook
-from bot.services import build_services
-from bot.slack_app import create_app
-from bot.slack_client import make_client
-from bot.slack_view import desired_messages, load_state
+from bot.slack.client import make_client
+from bot.slack.services import build_services
+from bot.slack.view import desired_messages, load_state
+from handlers.app import create_app
 from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 from tests.slack_player import Cast, Played, default_answers, play_incident

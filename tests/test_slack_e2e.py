@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from bot.config import BotConfig, SlackSecrets, parse_config
-from bot.lifecycle import Status
-from bot.services import Services, build_services
-from bot.slack_app import create_app
-from bot.slack_client import make_client
-from bot.slack_view import desired_messages, load_state
+from bot.core.config import BotConfig, SlackSecrets, parse_config
+from bot.core.lifecycle import Status
+from bot.slack.client import make_client
+from bot.slack.services import Services, build_services
+from bot.slack.view import desired_messages, load_state
+from handlers.app import create_app
 from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake, bot_scopes_from_manifest
 
@@ -453,8 +453,8 @@ def _free_port() -> int:
 async def test_serve_refuses_a_bad_token(tmp_path: Path) -> None:
     import io
 
-    from bot.config import Settings
-    from bot.slack_app import serve
+    from bot.core.config import Settings
+    from handlers.app import serve
 
     workdir = tmp_path / "app"
     workdir.mkdir()
@@ -469,8 +469,8 @@ async def test_serve_refuses_a_bad_token(tmp_path: Path) -> None:
 async def test_http_mode_serves_events_and_health(tmp_path: Path) -> None:
     import httpx
 
-    from bot.config import Settings
-    from bot.slack_app import serve
+    from bot.core.config import Settings
+    from handlers.app import serve
     from tests.slack_driver import http_sender
 
     workdir = tmp_path / "app"

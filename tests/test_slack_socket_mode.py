@@ -11,8 +11,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.config import Settings, SlackSecrets, parse_config
-from bot.slack_app import serve
+from bot.core.config import Settings, SlackSecrets, parse_config
+from handlers.app import serve
 from tests.slack_driver import SlackDriver, socket_sender
 from tests.slack_fake import SlackFake
 

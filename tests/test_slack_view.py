@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.approvals import DEFAULT_POLICY
-from bot.lifecycle import Event, StepStatus
-from bot.runbook import Runbook, default_runbook, parse_runbook
-from bot.slack_view import (
+from bot.core.approvals import DEFAULT_POLICY
+from bot.core.lifecycle import Event, StepStatus
+from bot.core.runbook import Runbook, default_runbook, parse_runbook
+from bot.slack.view import (
     APPROVE,
     REJECT,
     answer_value,
@@ -20,7 +20,7 @@ from bot.slack_view import (
     parse_answer_value,
     render_root,
 )
-from bot.store import Store
+from bot.state.store import Store
 
 RUNBOOK = textwrap.dedent("""\
     name: v

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.lifecycle import Status, StepStatus
-from bot.scheduler import JobScheduler, jobs_url
-from bot.stability import SeriesPlan, check_line, judge, percentile, sparkline, summary
-from bot.store import StabilityCheck
+from bot.clock.scheduler import JobScheduler, jobs_url
+from bot.clock.stability import SeriesPlan, check_line, judge, percentile, sparkline, summary
+from bot.core.lifecycle import Status, StepStatus
+from bot.state.store import StabilityCheck
 from tests.clock_env import T0, ClockEnv
 from tests.health_server import HealthServer
 
@@ -322,7 +322,7 @@ def test_summary_percentiles_and_sparkline() -> None:
 
 
 def test_runbook_checks_the_stability_step() -> None:
-    from bot.runbook import RunbookError, StabilityStep, default_runbook, parse_runbook
+    from bot.core.runbook import RunbookError, StabilityStep, default_runbook, parse_runbook
 
     rb = default_runbook()
     gate = rb.step("stability_checks")

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from bot.config import BotConfig, SlackSecrets, parse_config
-from bot.lifecycle import Status
-from bot.scheduler import ManualClock
-from bot.services import build_services
-from bot.slack_app import create_app
-from bot.slack_client import make_client
+from bot.clock.scheduler import ManualClock
+from bot.core.config import BotConfig, SlackSecrets, parse_config
+from bot.core.lifecycle import Status
+from bot.slack.client import make_client
+from bot.slack.services import build_services
+from handlers.app import create_app
 from tests.clock_env import T0
 from tests.health_server import HealthServer
 from tests.slack_driver import SlackDriver, bolt_sender

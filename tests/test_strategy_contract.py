@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from actions.local import LocalTransport
-from bot.check import run_checks
-from bot.config import Settings, SlackSecrets, parse_config
-from bot.engine import AnswerRefused, Engine, Target
-from bot.lifecycle import Status
-from bot.runbook import default_runbook, parse_runbook
-from bot.slack_view import render_question
-from bot.store import Store
-from bot.targets import TargetSettings
+from bot.cli.check import run_checks
+from bot.core.config import Settings, SlackSecrets, parse_config
+from bot.core.engine import AnswerRefused, Engine, Target
+from bot.core.lifecycle import Status
+from bot.core.runbook import default_runbook, parse_runbook
+from bot.core.targets import TargetSettings
+from bot.slack.view import render_question
+from bot.state.store import Store
 from tests.test_strategies import MAPPING, build
 
 

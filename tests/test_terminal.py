@@ -10,11 +10,11 @@ import re
 import pytest
 from rich.console import Console, Group
 
-from bot.lifecycle import Status, StepStatus
-from bot.runbook import Runbook, default_runbook
-from bot.store import Incident, StabilityCheck, StepRun
-from bot.terminal import TerminalView, frame
-from bot.viewmodel import IncidentView, build
+from bot.cli.terminal import TerminalView, frame
+from bot.core.lifecycle import Status, StepStatus
+from bot.core.runbook import Runbook, default_runbook
+from bot.record.viewmodel import IncidentView, build
+from bot.state.store import Incident, StabilityCheck, StepRun
 
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 RB = default_runbook()
@@ -148,7 +148,7 @@ def test_without_a_terminal_one_line_per_change() -> None:
 
 
 def test_a_stopped_incident_states_what_production_is_in() -> None:
-    from bot.compensation import Outcome, Trigger
+    from bot.core.compensation import Outcome, Trigger
 
     runs = _until(RB, "verify_restored", StepStatus.DONE)
     view = build(RB, _incident(Status.ABORTED), runs)

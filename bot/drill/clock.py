@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from bot.approvals import DEFAULT_POLICY
-from bot.clock_flows import ClockRuntime, fan_out
-from bot.clock_settings import ClockSettings
-from bot.engine import Engine, Waiting
-from bot.scheduler import JobScheduler, jobs_url
-from bot.stability import StabilitySettings, check_line
-from bot.timed_steps import CONTINUE, EXTEND
+from bot.clock.flows import ClockRuntime, fan_out
+from bot.clock.scheduler import JobScheduler, jobs_url
+from bot.clock.settings import ClockSettings
+from bot.clock.stability import StabilitySettings, check_line
+from bot.clock.steps import CONTINUE, EXTEND
+from bot.core.approvals import DEFAULT_POLICY
+from bot.core.engine import Engine, Waiting
 
 #: The drill's watch is shorter than the plan's two hours (it is still compressed by the time scale).
 #: The sandbox shares its machine with whatever else runs there: a loopback answer slower than 100 ms

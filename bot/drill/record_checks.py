@@ -10,12 +10,12 @@ from typing import Any
 
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
-from bot.audit import verify_chain
+from bot.core.targets import TargetSettings
 from bot.drill.verdict import Check
-from bot.evidence import MANIFEST, verify_archive
-from bot.records import Records
-from bot.store import Incident, Store
-from bot.targets import TargetSettings
+from bot.record.audit import verify_chain
+from bot.record.evidence import MANIFEST, verify_archive
+from bot.record.records import Records
+from bot.state.store import Incident, Store
 
 #: Files every archive of the default runbook holds.
 REQUIRED_FILES = ("anchor_metadata.json", "governance_record.json", "audit_extract.jsonl", "health_snapshots.json",

@@ -18,21 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.cli.terminal import TerminalView
+from bot.core.engine import Engine, Target, Waiting
+from bot.core.lifecycle import Status
+from bot.core.runbook import Runbook, default_runbook
+from bot.core.targets import TargetSettings, open_transport
 from bot.drill.clock import DrillClock
 from bot.drill.record_checks import record_checks
 from bot.drill.sandbox import Sandbox, build_sandbox
 from bot.drill.simulate import DrillError, run_simulated
 from bot.drill.verdict import Verdict, check_verdict
-from bot.engine import Engine, Target, Waiting
-from bot.lifecycle import Status
-from bot.metrics import gather, rollback_seconds
-from bot.people import fixed_names
-from bot.records import Records, RecordsConfig
-from bot.runbook import Runbook, default_runbook
-from bot.store import Store
-from bot.targets import TargetSettings, open_transport
-from bot.terminal import TerminalView
-from bot.viewmodel import load
+from bot.record.metrics import gather, rollback_seconds
+from bot.record.records import Records, RecordsConfig
+from bot.record.viewmodel import load
+from bot.slack.people import fixed_names
+from bot.state.store import Store
 
 #: Simulated people: one primary and one secondary approver, as the plan requires, and the
 #: incident commander who answers the questions.
@@ -213,7 +213,7 @@ def drill_main(args: Any) -> int:
         return 3
     runbook = None
     if getattr(args, "runbook", None):
-        from bot.runbook import RunbookError, load_runbook
+        from bot.core.runbook import RunbookError, load_runbook
 
         try:
             runbook = load_runbook(args.runbook)

@@ -139,7 +139,7 @@ class Sandbox:
     _stopped: bool = field(default=False, repr=False)
 
     def settings(self) -> dict[str, Any]:
-        """Target settings for the runbook (the keys of ``bot.targets.TargetSettings``)."""
+        """Target settings for the runbook (the keys of ``bot.core.targets.TargetSettings``)."""
         return {
             # The deployment's changes carry its marker (or, written by a trigger, fall inside its
             # span), and its governance entries name its version.

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.approvals import ApprovalPolicy
+from bot.core.approvals import ApprovalPolicy
+from bot.core.engine import Engine, Waiting
+from bot.core.lifecycle import FINAL, Status
 from bot.drill.clock import DrillClock
-from bot.engine import Engine, Waiting
-from bot.lifecycle import FINAL, Status
-from bot.store import Incident
+from bot.state.store import Incident
 
 #: Answers a question the incident asks (the value of one of ``w.options``).
 Answer = Callable[[Waiting], str]

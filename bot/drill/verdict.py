@@ -20,13 +20,13 @@ import httpx
 from actions.sqlite import sqlite_op
 from actions.sqlite_agent import LEDGER
 from actions.transport import Transport
+from bot.core.lifecycle import Status
+from bot.core.runbook import Runbook, default_runbook
+from bot.core.targets import TargetSettings
 from bot.drill.sandbox import Sandbox
 from bot.drill.sandbox_story import DATA_TABLES, expected_rows
-from bot.lifecycle import Status
-from bot.metrics import DataLoss, data_loss_detail, gather
-from bot.runbook import Runbook, default_runbook
-from bot.store import Incident, Store
-from bot.targets import TargetSettings
+from bot.record.metrics import DataLoss, data_loss_detail, gather
+from bot.state.store import Incident, Store
 
 #: The tables a rehearsal compares with the chosen backup, by strategy (A and B keep the log and record rows).
 RESTORED_TABLES: dict[str, list[str] | None] = {

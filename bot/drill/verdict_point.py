@@ -12,12 +12,12 @@ from actions.errors import ActionError
 from actions.sqlite import sqlite_op
 from actions.sqlite_agent import LEDGER
 from actions.transport import Transport
+from bot.core.lifecycle import Status
+from bot.core.runbook import default_runbook
+from bot.core.targets import TargetSettings
 from bot.drill.verdict import RESTORED_TABLES, Check, ChosenPoint, Verdict, _governance_equal_but_ours
-from bot.lifecycle import Status
-from bot.metrics import data_loss_detail, gather
-from bot.runbook import default_runbook
-from bot.store import Incident, Store
-from bot.targets import TargetSettings
+from bot.record.metrics import data_loss_detail, gather
+from bot.state.store import Incident, Store
 
 
 async def check_point_verdict(

@@ -1,0 +1,1 @@
+"""The operator's commands: drill, plan, rehearse, check, health, incidents, serve."""

@@ -1,0 +1,1 @@
+"""Everything on a clock: the scheduler, timed steps, stability checks, reminders, escalations."""

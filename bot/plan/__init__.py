@@ -1,0 +1,1 @@
+"""The rendered plan, approval bound to it, and rehearsals against staging."""

@@ -1,0 +1,1 @@
+"""What an incident leaves: audit chain, governance record, evidence, metrics, report."""

@@ -1,0 +1,1 @@
+"""The state store every replica shares: incidents, steps, questions, leases, control requests."""
