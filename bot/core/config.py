@@ -17,20 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.clock.settings import ClockSettings, MaintenanceWindow
 from bot.clock.stability import StabilitySettings
 from bot.core.approvals import DEFAULT_POLICY, ApprovalPath, ApprovalPolicy
 from bot.core.paths import STATE_DIR_ENV, path_problems, state_dir_for, target_key_problems
 from bot.core.redaction import DEFAULT_PATTERNS
+from bot.core.secrets import SECRET_VARS, SlackSecrets
 from bot.core.targets import TargetSettings
 from bot.record.records import RecordsConfig
 from bot.state.store import StateUrlError, state_url
 
 CONFIG_ENV = "ROLLBACK_BOT_CONFIG"
-SECRET_VARS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_API_URL")
 
 #: Roles the bot knows besides the approving ones: the incident commander may act on
 #: choices, failures and aborts and override a P4 decision.
@@ -256,46 +255,6 @@ class BotConfig(_Model):
         for i, target in enumerate(self.targets):
             out += target_key_problems(i, target, target.host_settings() if target.is_group else None)
         return out
-
-
-class SlackSecrets(BaseSettings):
-    """Secrets and endpoints from the environment."""
-
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
-
-    slack_bot_token: SecretStr | None = None
-    slack_app_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_api_url: str | None = None
-
-    @property
-    def socket_mode(self) -> bool:
-        """Socket Mode when an app-level token is set."""
-        return bool(self.slack_app_token and self.slack_app_token.get_secret_value())
-
-    def problems(self) -> list[str]:
-        """What is missing to serve: the name of each variable."""
-        out = []
-        token = self.slack_bot_token.get_secret_value() if self.slack_bot_token else ""
-        if not token:
-            out.append("SLACK_BOT_TOKEN: not set (the bot token, xoxb-…)")
-        elif not token.startswith("xoxb-"):
-            out.append("SLACK_BOT_TOKEN: does not look like a bot token (xoxb-…)")
-        if self.socket_mode:
-            assert self.slack_app_token is not None
-            if not self.slack_app_token.get_secret_value().startswith("xapp-"):
-                out.append("SLACK_APP_TOKEN: does not look like an app-level token (xapp-…)")
-        elif not (self.slack_signing_secret and self.slack_signing_secret.get_secret_value()):
-            out.append("SLACK_SIGNING_SECRET: not set (needed in HTTP mode, i.e. without SLACK_APP_TOKEN)")
-        if self.slack_api_url and not self.slack_api_url.startswith(("http://", "https://")):
-            out.append(f"SLACK_API_URL: {self.slack_api_url!r} is not an http(s) URL")
-        return out
-
-    @property
-    def api_url(self) -> str:
-        """The Web API base URL, with a trailing slash as slack_sdk expects."""
-        url = self.slack_api_url or "https://slack.com/api/"
-        return url if url.endswith("/") else url + "/"
 
 
 @dataclass

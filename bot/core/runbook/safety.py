@@ -15,7 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bot.core.runbook import CommandStep, GithubWorkflowStep, HttpStep, NotifyStep, Runbook, StepBase
+from bot.core.runbook.base import StepBase
+from bot.core.runbook.model import Runbook
+from bot.core.runbook.steps import CommandStep, GithubWorkflowStep, HttpStep, NotifyStep
 from bot.core.templating import Ref, value_refs
 
 #: References to what a person typed in the start form.
