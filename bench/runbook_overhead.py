@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from actions.sqlite import OPS, build_command
-from bot.core.engine import Engine, Target, Waiting
-from bot.core.lifecycle import FINAL, Status, StepStatus
+from bot.core.engine import Engine, Target
+from bot.core.lifecycle import Status, StepStatus
 from bot.core.runbook import (
     ApprovalStep,
     ChoiceStep,
@@ -67,7 +67,7 @@ from bot.core.runbook import (
 from bot.core.targets import TargetSettings, open_transport
 from bot.core.templating import render_shell, render_text, render_value
 from bot.drill.clock import DrillClock
-from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
+from bot.drill.person import DRILL_APPROVERS, DRILL_REQUESTER, Commander, run_simulated
 from bot.drill.sandbox import ProcessManager, Sandbox, build_sandbox, free_port
 from bot.drill.sshd import SshdTarget, SshdUnavailable, start_sshd
 from bot.drill.verdict import check_verdict, differing_rows, expected_levels
@@ -202,23 +202,6 @@ def load() -> str:
 # ----------------------------------------------------------------------------- engine
 
 
-def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
-    """The simulated person's answer, as in ``rollback-bot drill``."""
-    values = [o["value"] for o in w.options]
-    if w.kind == "choice" and w.step_id == "strategy":
-        return strategy
-    if w.kind == "choice" and w.step_id == "restore_backup":
-        for v in values:
-            if Path(v).name == sandbox.backup_path.name:
-                return v
-        raise BenchError(f"the pre-deployment backup was not offered: {values}")
-    if w.kind == "choice":
-        return next((o["value"] for o in w.options if o.get("suggested")), values[0])
-    if w.kind == "manual":
-        return "done"
-    raise BenchError(f"step {w.step_id} waits for {w.kind}: {w.error or w.prompt}")
-
-
 def _span(run: StepRun) -> float:
     if run.started_at is not None and run.ended_at is not None:
         return (run.ended_at - run.started_at).total_seconds()
@@ -278,29 +261,13 @@ async def _drive_engine(sandbox: Sandbox, sshd: SshdTarget, python: str, runbook
         )
         clock = await DrillClock.start(engine, work, time_scale=time_scale, out=io.StringIO())
 
-        async def drive() -> Status:
-            assert clock is not None
-            while True:
-                clock.before_run()
-                state = await engine.run(inc.id)
-                if state.status in FINAL:
-                    return state.status
-                w = await engine.waiting_for(inc.id)
-                if w is None:
-                    raise BenchError(f"incident is {state.status.value} but waits for nothing")
-                if await clock.handle(engine, inc.id, w, timeout=60 + 3600 * 3 * time_scale):
-                    continue
-                if w.kind == "approval":
-                    for user, roles in DRILL_APPROVERS:
-                        await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
-                    continue
-                await engine.answer(inc.id, w.step_id, _pick(w, strategy, sandbox), user="U0BENCH")
-
+        person = Commander(strategy, str(sandbox.backup_path))
         started = time.perf_counter()
-        status = await asyncio.wait_for(drive(), timeout)
+        ended = await asyncio.wait_for(run_simulated(engine, clock, inc.id, approvers=DRILL_APPROVERS,
+                                                     answer=person, time_scale=time_scale), timeout)
         wall = time.perf_counter() - started
-        if status is not Status.COMPLETED:
-            raise BenchError(f"engine run ended {status.value}")
+        if ended.status is not Status.COMPLETED:
+            raise BenchError(f"engine run ended {ended.status.value}")
         final = await store.incident(inc.id)
         verdict = await check_verdict(store=store, incident=final, transport=transport,
                                       settings=settings, sandbox=sandbox, strategy=strategy, runbook=runbook)

@@ -22,32 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.core.engine import Engine, Target, Waiting
-from bot.core.lifecycle import FINAL
+from bot.core.engine import Engine, Target
 from bot.core.runbook import default_runbook
 from bot.core.targets import TargetSettings, open_transport
 from bot.drill.clock import DrillClock
-from bot.drill.run import DRILL_APPROVERS, DRILL_REQUESTER
+from bot.drill.person import DRILL_APPROVERS, DRILL_COMMANDER, DRILL_REQUESTER, Commander, play
 from bot.record.records import Records, RecordsConfig
 from bot.state.store import Store
 
 TARGET = "sandbox"
-PERSON = "U0DRILLIC"
-
-
-def _answer(w: Waiting, config: dict[str, Any]) -> str | None:
-    """What a person answers, or None when only a person who looked could say."""
-    values = [o["value"] for o in w.options]
-    if w.kind == "choice" and w.step_id == "strategy":
-        return str(config["strategy"])
-    if w.kind == "choice" and w.step_id == "restore_backup":
-        wanted = Path(config["backup_path"]).name
-        return next((v for v in values if Path(v).name == wanted), None)
-    if w.kind == "choice":
-        return next((o["value"] for o in w.options if o.get("suggested")), values[0] if values else None)
-    if w.kind == "manual":
-        return "done"
-    return None
 
 
 async def _main(root: Path) -> dict[str, Any]:
@@ -69,32 +52,16 @@ async def _main(root: Path) -> dict[str, Any]:
             inputs={"triggers": ["data_corruption"], "impact": "High", "business_risk": "Critical",
                     "description": "Crash proof"},
             requester=DRILL_REQUESTER, reason=f"Crash proof, strategy {config['strategy']}")
-        idle = 0
-        while True:
-            clock.before_run()
-            inc = await engine.run(inc.id)
-            if inc.status in FINAL:
-                return {"incident": inc.id, "status": inc.status.value, "waiting": None}
-            w = await engine.waiting_for(inc.id)
-            if w is None and idle < 3:
-                idle += 1  # a scheduled job settled the wait after ``run`` returned: run again
-                continue
-            idle = 0
-            if w is None:
-                return {"incident": inc.id, "status": inc.status.value, "waiting": "nothing"}
-            if await clock.handle(engine, inc.id, w, timeout=120):
-                continue
-            if w.kind == "approval":
-                done = {a.user_id for a in await store.approvals(inc.id) if a.counted}
-                for user, roles in DRILL_APPROVERS:
-                    if user not in done:
-                        await engine.approve(inc.id, user_id=user, roles=roles, decision="approve")
-                continue
-            answer = _answer(w, config)
-            if answer is None:
-                return {"incident": inc.id, "status": inc.status.value, "waiting": w.kind, "step": w.step_id,
-                        "error": w.error or w.prompt}
-            await engine.answer(inc.id, w.step_id, answer, user=PERSON)
+        ending = await play(engine, clock, inc.id, approvers=DRILL_APPROVERS,
+                            answer=Commander(str(config["strategy"]), str(config["backup_path"])),
+                            answerer=DRILL_COMMANDER, scheduled_timeout=120)
+        inc, w = ending.incident, ending.waiting
+        if ending.ended:
+            return {"incident": inc.id, "status": inc.status.value, "waiting": None}
+        if w is None:
+            return {"incident": inc.id, "status": inc.status.value, "waiting": "nothing"}
+        return {"incident": inc.id, "status": inc.status.value, "waiting": w.kind, "step": w.step_id,
+                "error": w.error or w.prompt}
     finally:
         await clock.close()
         await transport.close()

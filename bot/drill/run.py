@@ -19,28 +19,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli.terminal import TerminalView
-from bot.core.engine import Engine, Target, Waiting
+from bot.core.engine import Engine, Target
 from bot.core.lifecycle import Status
 from bot.core.runbook import Runbook, default_runbook
 from bot.core.targets import TargetSettings, open_transport
 from bot.drill.clock import DrillClock
+from bot.drill.person import DRILL_APPROVERS, DRILL_NAMES, DRILL_REQUESTER, Commander, DrillError, run_simulated
 from bot.drill.record_checks import record_checks
-from bot.drill.sandbox import Sandbox, build_sandbox
-from bot.drill.simulate import DrillError, run_simulated
+from bot.drill.sandbox import build_sandbox
 from bot.drill.verdict import Verdict, check_verdict
 from bot.record.metrics import gather, rollback_seconds
 from bot.record.records import Records, RecordsConfig
 from bot.record.viewmodel import load
 from bot.slack.people import fixed_names
 from bot.state.store import Store
-
-#: Simulated people: one primary and one secondary approver, as the plan requires, and the
-#: incident commander who answers the questions.
-DRILL_REQUESTER = "U0DRILLREQ"
-DRILL_APPROVERS = (("U0TECHLEAD", ["tech_lead"]), ("U0PRODOWNER", ["product_owner"]))
-DRILL_COMMANDER = "U0DRILLIC"
-DRILL_NAMES = {DRILL_REQUESTER: "Drill requester (simulated)", "U0TECHLEAD": "Tech lead (simulated)",
-               "U0PRODOWNER": "Product owner (simulated)", DRILL_COMMANDER: "Incident commander (simulated)"}
 
 
 @dataclass
@@ -59,29 +51,6 @@ class DrillResult:
     evidence: Path | None = None
     report: Path | None = None
     audit_log: Path | None = None
-
-
-def _pick(w: Waiting, strategy: str, sandbox: Sandbox) -> str:
-    """The simulated person's answer to what the incident waits for."""
-    values = [o["value"] for o in w.options]
-    if w.kind == "choice" and (w.step_id == "strategy" or {"A", "B", "C"} <= set(values)):
-        why = next((o.get("disabled") for o in w.options if o["value"] == strategy), None)
-        if why:
-            raise DrillError(f"strategy {strategy} is not available on this target: {why}")
-        return strategy
-    wanted = str(sandbox.backup_path)
-    if w.kind == "choice" and (w.step_id == "restore_backup" or any(Path(v).name.startswith(
-            "production_backup_") for v in values)):
-        for v in values:
-            if v == wanted or Path(v).name == Path(wanted).name:
-                return v
-        raise DrillError(f"the pre-deployment backup {wanted} was not offered: {values}")
-    if w.kind == "choice":
-        # The option the bot suggests (e.g. the last release before the bad one), else the first.
-        return next((o["value"] for o in w.options if o.get("suggested")), values[0])
-    if w.kind == "manual":
-        return "done"
-    raise DrillError(f"step {w.step_id} {w.kind}: {w.error or w.prompt}")
 
 
 async def run_drill(
@@ -150,8 +119,8 @@ async def run_drill(
         clock = await DrillClock.start(engine, root, time_scale=time_scale)
         closers.append(clock.close)
         notes: list[str] = []
-        inc = await run_simulated(engine, clock, inc.id, approvers=list(DRILL_APPROVERS),
-                                  answer=lambda w: _pick(w, strategy, sandbox), answerer=DRILL_COMMANDER,
+        inc = await run_simulated(engine, clock, inc.id, approvers=DRILL_APPROVERS,
+                                  answer=Commander(strategy, str(sandbox.backup_path), runbook),
                                   time_scale=time_scale)
         recovery = rollback_seconds(await gather(store, runbook, inc.id))
         notes += await clock.summary(inc.id)

@@ -21,14 +21,14 @@ from actions.sqlite import sqlite_op
 from actions.transport import Transport
 from bot.cli.terminal import TerminalView
 from bot.core.config import BotConfig
-from bot.core.engine import Engine, Target, Waiting
+from bot.core.engine import Engine, Target
 from bot.core.lifecycle import Status
 from bot.core.redaction import SECRET_ENV, Redactor, env_secrets
-from bot.core.runbook import ChoiceStep, Runbook
+from bot.core.runbook import Runbook
 from bot.core.targets import TargetSettings
 from bot.drill.clock import DrillClock
+from bot.drill.person import Commander, DrillError, policy_approvers, run_simulated
 from bot.drill.record_checks import record_checks
-from bot.drill.simulate import DrillError, policy_approvers, run_simulated
 from bot.drill.verdict import Check, Verdict
 from bot.drill.verdict_point import check_point_verdict
 from bot.plan.render import runbook_sha256
@@ -83,36 +83,6 @@ def allowed(settings: TargetSettings) -> None:
             f"target {settings.name!r} is not marked 'rehearsal: allowed' in the config: a rehearsal "
             "restores its database, puts it in maintenance mode and restarts its app, so only a staging "
             "target marked for it is rehearsed")
-
-
-class _Person:
-    """The simulated incident commander: picks the strategy, the backup, and otherwise the suggestion."""
-
-    def __init__(self, runbook: Runbook, strategy: str, backup: str | None) -> None:
-        self.strategy = strategy
-        self.backup = backup
-        self.listing = {s.id for _, s in runbook.steps() if isinstance(s, ChoiceStep)
-                        and s.options_from is not None and s.options_from.op == "list_backups"}
-        self.chosen_backup: str | None = None
-
-    def __call__(self, w: Waiting) -> str:
-        values = [o["value"] for o in w.options]
-        if w.kind == "manual":
-            return "done"
-        if w.kind != "choice":
-            raise DrillError(f"step {w.step_id} {w.kind}: {w.error or w.prompt}")
-        if {"A", "B", "C"} <= set(values):
-            return self.strategy
-        if w.step_id in self.listing:
-            if not values:
-                raise DrillError(f"{w.step_id}: the target lists no backup to restore")
-            pick = next((v for v in values if self.backup and (v == self.backup or Path(v).name == self.backup)),
-                        None if self.backup else values[0])
-            if pick is None:
-                raise DrillError(f"{w.step_id}: backup {self.backup!r} was not offered: {values[:10]}")
-            self.chosen_backup = pick
-            return pick
-        return next((o["value"] for o in w.options if o.get("suggested")), values[0])
 
 
 async def _op(transport: Transport, settings: TargetSettings, name: str, **params: Any) -> dict[str, Any]:
@@ -188,7 +158,7 @@ async def rehearse(*, config: BotConfig, target: str, runbook: Runbook, strategy
             requester=REHEARSAL_REQUESTER, reason=f"Rehearsal of strategy {strategy} on {settings.name}")
         clock = await DrillClock.start(engine, root, time_scale=time_scale, out=out)
         closers.push_async_callback(clock.close)
-        person = _Person(runbook, strategy, backup)
+        person = Commander(strategy, backup, runbook)
         began = time.monotonic()
         inc = await run_simulated(engine, clock, inc.id, approvers=policy_approvers(policy, "U0REHEARSE"),
                                   answer=person, answerer=REHEARSAL_ANSWERER, time_scale=time_scale)
