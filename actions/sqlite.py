@@ -1,4 +1,4 @@
-"""Typed SQLite operations on a target, run there by the agent in ``actions/sqlite_agent.py``.
+"""Typed SQLite operations on a target, run there by the agent package ``actions/sqlite_agent/``.
 
 Nothing is pasted into SQL and no ``sqlite3`` CLI is needed on the target: the agent (3.9+,
 standard library only) is installed once under a content-addressed folder of the target's
@@ -8,7 +8,8 @@ two more arguments, each ``shlex.quote``d::
 
     python3 -I -c '<bootstrap: check agent-<sha256>, import it>' backup '{"db":"databases/production.db",...}'
 
-A target with no writable cache gets the agent's whole source as the ``-c`` argument instead.
+A target with no writable cache gets the agent's whole package as the ``-c`` argument instead
+(``agent_loader``: its modules compressed, served to ``import`` from memory).
 ``-I`` (isolated mode) keeps the target's ``PYTHON*`` variables, user site-packages and the
 working directory out of ``sys.path``. Params too long for one command line go through stdin
 (the agent reads them when the argument is ``-``). The agent prints one JSON line;
@@ -66,13 +67,12 @@ Operations (params -> result; paths on the target, relative to the command's cwd
   {before_snapshot, after_snapshots: [path...]}} (read-only) -> {tables: {t: {changed, undone,
   lost, unexplained}}, known, why_unknown, total}
 
-The change log, boundary, ledger and access parameters are described in
-``actions/sqlite_agent_changes.py`` (the ledger, keys and access levels are implemented in
-``actions/sqlite_agent_rows.py``); strategies A and B in ``actions/sqlite_agent_strategies.py``;
-the reports in ``actions/sqlite_agent_report.py`` and ``actions/sqlite_agent_loss.py``. The
-parts are pasted into the sent source in place of the agent's ``rb:inline`` imports.
 - ``governance_insert`` {db, record, table="governance_logs", if_absent=false}
   -> {id, inserted, table}
+
+The change log, boundary, ledger and access parameters are described in the agent's
+``changes`` module (the ledger, keys and access levels are implemented in ``rows``);
+strategies A and B in ``strategies``; the reports in ``report`` and ``loss``.
 
 Refusals carry a ``kind``: bad_request, bad_op, bad_table, bad_column, not_found, exists,
 integrity_failed, hash_mismatch, copy_failed, in_use, conflict, fk_violation,
@@ -84,9 +84,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
-import re
 import shlex
 import zlib
 from pathlib import Path
@@ -95,8 +93,6 @@ from typing import Any, Literal, TypedDict, cast
 from actions import agent_cache
 from actions.errors import SqliteOpFailed
 from actions.transport import ShellResult, Transport
-
-AGENT_PATH = Path(__file__).with_name("sqlite_agent.py")
 
 #: Every operation the agent knows.
 OPS = frozenset(
@@ -160,57 +156,57 @@ class SqliteAgentError(SqliteOpFailed):
         self.outcome_unknown = outcome_unknown
 
 
-#: Marks an import the sent source replaces with that module's body (below its BODY_MARK).
-INLINE_MARK = "rb:inline"
-BODY_MARK = "# rb:body"
-_INLINE = re.compile(r"^from actions\.(sqlite_agent_\w+) import")
-
-
-@functools.cache
-def agent_source() -> str:
-    """The agent's source text, as sent to the target: one self-contained script.
-
-    The agent's change-log, strategy and report modules are pasted in place of the lines
-    that import them, from their ``# rb:body`` line on (above it they import the agent).
-    """
-    out: list[str] = []
-    lines = AGENT_PATH.read_text(encoding="utf-8").splitlines(keepends=True)
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        found = _INLINE.match(line)
-        if found and INLINE_MARK in line:
-            if "(" in line.split("#", 1)[0]:
-                while not lines[i].startswith(")"):
-                    i += 1
-            part = AGENT_PATH.with_name(found.group(1) + ".py").read_text(encoding="utf-8")
-            if BODY_MARK not in part:
-                raise RuntimeError(f"{found.group(1)}.py has no {BODY_MARK!r} line")
-            out.append(part.split(BODY_MARK, 1)[1].split("\n", 1)[1])
-        else:
-            out.append(line)
-        i += 1
-    return "".join(out)
-
-
-@functools.cache
-def agent_loader() -> str:
-    """The ``-c`` program sent to the target: the agent's source, zlib-compressed in base64
-    (a third of its size; one command line stays far below the shell session's limit)."""
-    packed = base64.b64encode(zlib.compress(agent_source().encode("utf-8"), 9)).decode("ascii")
-    return (f"import base64,zlib;exec(compile(zlib.decompress(base64.b64decode('{packed}')),"
-            f"'<rollback-bot-agent>','exec'))")
+#: The agent's package, as it lies in this tree: every ``.py`` file of it goes to the target.
+AGENT_DIR = Path(__file__).with_name("sqlite_agent")
 
 
 @functools.cache
 def agent_bundle() -> agent_cache.Bundle:
-    """The agent as the package installed on the target (``actions.agent_cache``)."""
-    return ((f"{agent_cache.PACKAGE}/__init__.py", agent_source().encode("utf-8")),)
+    """The agent's package as installed on the target (``actions.agent_cache``), files by name."""
+    return tuple(
+        (f"{agent_cache.PACKAGE}/{path.name}", path.read_bytes()) for path in sorted(AGENT_DIR.glob("*.py"))
+    )
+
+
+def agent_source() -> str:
+    """The agent's source text: every file of its package, in the bundle's order."""
+    return "".join(data.decode("utf-8") for _, data in agent_bundle())
+
+
+#: Runs the agent from the modules in ``M`` ({name: [file, source, is_package]}) with no
+#: file written: an import hook serves them, so the package's relative imports work as installed.
+_LOADER = (
+    "import base64,importlib.abc,importlib.util,json,sys,zlib\n"
+    "M=json.loads(zlib.decompress(base64.b64decode('{packed}')))\n"
+    "class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+    " def find_spec(self,name,path=None,target=None):\n"
+    "  f=M.get(name)\n"
+    "  return None if f is None else importlib.util.spec_from_loader(name,self,origin=f[0],is_package=f[2])\n"
+    " def create_module(self,spec):return None\n"
+    " def exec_module(self,module):\n"
+    "  f=M[module.__name__];exec(compile(f[1],f[0],'exec'),module.__dict__)\n"
+    "sys.meta_path.insert(0,L())\n"
+    "import {package} as A\n"
+    "sys.exit(A.main(sys.argv[1:]))\n"
+)
+
+
+@functools.cache
+def agent_loader() -> str:
+    """The ``-c`` program that carries the whole agent (a target with no writable cache): its
+    modules zlib-compressed in base64 (a third of their size, far below the command limit)."""
+    modules: dict[str, list[Any]] = {}
+    for name, data in agent_bundle():
+        stem = name.removesuffix(".py").replace("/", ".")
+        package = stem.endswith(".__init__")
+        modules[stem.removesuffix(".__init__")] = [f"<rollback-bot-agent>/{name}", data.decode("utf-8"), package]
+    packed = base64.b64encode(zlib.compress(json.dumps(modules).encode("ascii"), 9)).decode("ascii")
+    return _LOADER.format(packed=packed, package=agent_cache.PACKAGE)
 
 
 def agent_sha256() -> str:
-    """sha256 of the agent's source: names exactly which code ran on the target."""
-    return hashlib.sha256(agent_source().encode("utf-8")).hexdigest()
+    """The agent's content address (``agent_cache.bundle_sha256``): names exactly which code ran."""
+    return agent_cache.bundle_sha256(agent_bundle())
 
 
 def _json_default(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 The rollback plan names ``projects``, ``phases``, ``step_progress``, ``governance_logs``,
 ``change_history`` and ``user_permissions`` without giving their columns; these are the
-columns the SQLite agent (``actions/sqlite_agent.py``) relies on. Timestamps are ISO 8601
+columns the SQLite agent (``actions/sqlite_agent/``) relies on. Timestamps are ISO 8601
 UTC text (``2025-07-30T12:00:00.000Z``), which sorts as text and which SQLite's date
 functions read.
 

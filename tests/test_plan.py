@@ -218,7 +218,7 @@ async def test_planned_commands_are_exactly_what_the_engine_sends(tmp_path: Path
     # The SQLite operation: the same command with the agent's source named by its sha256.
     command, timeout, cwd = recorder.sent[2]
     named = command.replace(shlex.quote(agent_cache.bootstrap(agent_bundle(), agent_cache.DEFAULT_DIR)),
-                            f"<the SQLite agent, actions/sqlite_agent.py, sha256 {agent_sha256()}>")
+                            f"<the SQLite agent, actions/sqlite_agent/, sha256 {agent_sha256()}>")
     assert plan.steps[2].detail["sent"] == wrap_command(named, timeout=timeout, cwd=cwd)
     print(f"planned == sent for {len(sent)} of {len(plan.steps)} steps")
     assert len(sent) == 3

@@ -330,9 +330,9 @@ def test_agent_parts_define_no_name_twice() -> None:
     import ast
 
     seen: dict[str, str] = {}
-    for part in ("sqlite_agent", "sqlite_agent_changes", "sqlite_agent_rows", "sqlite_agent_strategies",
-                 "sqlite_agent_report", "sqlite_agent_loss"):
-        tree = ast.parse((Path(sqlite_agent.__file__).parent / f"{part}.py").read_text(encoding="utf-8"))
+    for path in sorted(Path(sqlite_agent.__file__).parent.glob("*.py")):
+        part = path.stem
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else [
                 t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]

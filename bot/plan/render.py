@@ -223,7 +223,7 @@ def _agent_sha256() -> str:
 def _sqlite_sent(op: str, params: dict[str, Any], settings: TargetSettings, timeout: float) -> str:
     command, stdin = build_command(op, params, python=settings.python, agent_dir=agent_cache.DEFAULT_DIR)
     agent = _quoted_agent()
-    short = f"<the SQLite agent, actions/sqlite_agent.py, sha256 {_agent_sha256()}>"
+    short = f"<the SQLite agent, actions/sqlite_agent/, sha256 {_agent_sha256()}>"
     # The agent follows the interpreter and its flags; compared in place (a 70 KB search is slow).
     head = f"{shlex.quote(settings.python)} -I -c "
     named = (head + short + command[len(head) + len(agent):]

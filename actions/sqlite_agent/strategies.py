@@ -1,8 +1,6 @@
 """The agent's strategies A (selective) and B (transaction rollback) over a change log.
 
-Part of the SQLite agent (``actions/sqlite_agent.py``), pasted into its source when it is
-sent; standard library only. The change log, the boundary, row keys and the ledger are
-described in ``actions/sqlite_agent_changes.py``.
+The change log, the boundary, row keys and the ledger are described in ``changes``.
 
 A, ``selective_restore`` with a boundary: every row a change inside the boundary touched
 is taken from the backup (deleted when the backup has no such row), unless it is a
@@ -32,26 +30,10 @@ import json
 import sqlite3
 from typing import Any
 
-from actions.sqlite_agent import (
-    OpError,
-    Params,
-    Result,
-    TableInfo,
-    _attach,
-    _bool,
-    _fk_guard,
-    _fk_violations,
-    _path,
-    _watch,
-    connect,
-    from_json,
-    qi,
-    resolve_tables,
-    to_json,
-    user_tables,
-)
-from actions.sqlite_agent_changes import ChangeLog, parse_boundary
-from actions.sqlite_agent_rows import (
+from .base import OpError, Params, Result, _bool, _path, from_json, qi, to_json
+from .changes import ChangeLog, parse_boundary
+from .db import _attach, connect
+from .rows import (
     AccessOverlay,
     Deployment,
     changed_columns,
@@ -65,8 +47,9 @@ from actions.sqlite_agent_rows import (
     matches,
     read_row,
 )
+from .schema import TableInfo, _fk_guard, _fk_violations, resolve_tables, user_tables
+from .tx import write_transaction
 
-# rb:body -- everything below is pasted into the agent's source when it is sent
 
 def _common(p: Params) -> tuple[str, Any, dict[str, Any] | None, Any]:
     db = _path(p, "db")
@@ -179,9 +162,7 @@ def op_transaction_rollback(p: Params) -> Result:
     try:
         log = ChangeLog(conn, spec)
         log.need("strategy B", "table_column", "new_column")
-        conn.execute("BEGIN IMMEDIATE")
-        _watch(conn)
-        try:
+        with write_transaction(conn):
             access = AccessOverlay(conn, p.get("access"))
             dep = Deployment(conn, log, boundary, key_spec, need_keys=False)
             done = ledger_items(conn, "undo")
@@ -229,10 +210,6 @@ def op_transaction_rollback(p: Params) -> Result:
                 ledger_put(conn, "undo", [log_item(log, c["id"]) for c in undone], tag)
             access.settle()
             new_fk = _fk_guard(conn, fk_before, _bool(p, "allow_fk_violations"))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.close()
     return {
@@ -280,9 +257,7 @@ def selective_by_log(p: Params) -> Result:
         _attach(conn, backup)
         log = ChangeLog(conn, spec)
         log.need("strategy A", "table_column")
-        conn.execute("BEGIN IMMEDIATE")
-        _watch(conn)
-        try:
+        with write_transaction(conn):
             access = AccessOverlay(conn, p.get("access"))
             dep = Deployment(conn, log, boundary, key_spec)
             in_backup = {t.lower() for t in user_tables(conn, "other")}
@@ -339,10 +314,6 @@ def selective_by_log(p: Params) -> Result:
                 ledger_put(conn, "restored", restored, tag)
             access.settle()
             new_fk = _fk_guard(conn, fk_before, _bool(p, "allow_fk_violations"))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.close()
     return {"tables": report, "conflicts": conflicts, "conflict_count": len(conflicts), "restored": len(restored),

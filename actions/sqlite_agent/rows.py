@@ -1,34 +1,21 @@
 """The agent's rows: the ledger, row keys, value comparison, access levels under the
 restriction, and the boundary's changes grouped by row.
 
-Part of the SQLite agent (``actions/sqlite_agent.py``), pasted into its source when it is
-sent; standard library only. The ledger, row keys and access parameters are described in
-``actions/sqlite_agent_changes.py``.
+The ledger, row keys and access parameters are described in ``changes``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from actions.sqlite_agent import (
-    OpError,
-    Result,
-    TableInfo,
-    _key_of,
-    _load_snapshot,
-    _now_iso,
-    from_json,
-    qi,
-    resolve_tables,
-    to_json,
-    user_tables,
-)
-from actions.sqlite_agent_changes import LEDGER, ChangeLog, _jsonish, boundary_where
-
-# rb:body -- everything below is pasted into the agent's source when it is sent
+from .base import OpError, Result, _key_of, _now_iso, from_json, qi, to_json
+from .changes import LEDGER, ChangeLog, _jsonish, boundary_where
+from .files import _load_snapshot
+from .schema import TableInfo, resolve_tables, user_tables
 
 # ---------------------------------------------------------------------------- ledger
 
@@ -208,9 +195,7 @@ class AccessOverlay:
         path = spec.get("snapshot")
         if not isinstance(path, str) or not path:
             raise OpError("access.snapshot must be the restriction's snapshot path")
-        import os as _os
-
-        if not _os.path.exists(path):
+        if not os.path.exists(path):
             return  # never restricted: nothing to lift
         doc = _load_snapshot(path)
         self.table = resolve_tables(conn, [doc["table"]])[0]

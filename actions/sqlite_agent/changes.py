@@ -1,8 +1,6 @@
 """The agent's change log: the schema contract, the deployment boundary, the ledger.
 
-Part of the SQLite agent (``actions/sqlite_agent.py``): when the agent is sent to a target
-this module's body is pasted into it (``actions.sqlite.agent_source``), so it stays
-standard library only and uses the agent's helpers by name.
+Standard library only, like the whole agent.
 
 The change log ("change_log" param, every key optional; what is not given is looked up
 among common column names and reported as ``guessed``, never used silently)::
@@ -50,17 +48,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from actions.sqlite_agent import (
-    OpError,
-    Result,
-    TableInfo,
-    from_json,
-    qi,
-    resolve_tables,
-    user_tables,
-)
-
-# rb:body -- everything below is pasted into the agent's source when it is sent
+from .base import OpError, Result, from_json, qi
+from .schema import TableInfo, resolve_tables, user_tables
 
 LEDGER = "_rollback_bot_ledger"
 LOG_ROLES = (

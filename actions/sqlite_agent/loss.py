@@ -1,8 +1,5 @@
 """The agent's data-loss figures: what a rollback undid on purpose and what it lost.
 
-Part of the SQLite agent (``actions/sqlite_agent.py``), pasted into its source when it is
-sent; standard library only.
-
 ``data_loss`` compares the database after a rollback with the one before it (the
 emergency backup) and says, per table: ``undone`` rows the deployment wrote that are back
 as they were; ``lost`` rows where a legitimate write since the chosen backup (or since the
@@ -23,22 +20,12 @@ import os
 import sqlite3
 from typing import Any
 
-from actions.sqlite_agent import (
-    OpError,
-    Params,
-    Result,
-    TableInfo,
-    _attach,
-    _diff_keys,
-    _load_snapshot,
-    _path,
-    connect,
-    from_json,
-    qi,
-    user_tables,
-)
-from actions.sqlite_agent_changes import LEDGER, ChangeLog, _governance_filter, boundary_where, parse_boundary
-from actions.sqlite_agent_rows import (
+from .base import OpError, Params, Result, _path, from_json, qi
+from .changes import LEDGER, ChangeLog, _governance_filter, boundary_where, parse_boundary
+from .db import _attach, connect
+from .diff import _diff_keys
+from .files import _load_snapshot
+from .rows import (
     Deployment,
     _hashable,
     access_overrides,
@@ -50,8 +37,8 @@ from actions.sqlite_agent_rows import (
     read_row,
     table_key,
 )
-
-# rb:body -- everything below is pasted into the agent's source when it is sent
+from .schema import TableInfo, user_tables
+from .tx import read_transaction
 
 # ---------------------------------------------------------------------------- data loss
 
@@ -93,52 +80,51 @@ def op_data_loss(p: Params) -> Result:
     why_unknown = None
     try:
         _attach(conn, before)
-        conn.execute("BEGIN")
-        log = dep = None
-        legit: dict[tuple[str, tuple[Any, ...]], Result] = {}
-        try:
-            log = ChangeLog(conn, p.get("change_log"), schema="other")
-            if boundary is None:
-                raise OpError("no deployment boundary was chosen", "bad_boundary")
-            dep = Deployment(conn, log, boundary, key_spec, need_keys=False)
-            position = _position(backup, log) if backup else None
-            if position is None:
-                position = (min(c["id"] for c in dep.changes) - 1) if dep.changes else None
-            if position is not None:
-                own, own_args = own_condition(conn, log)
-                where, args = boundary_where(conn, log, boundary)
-                for c in log.read(conn, f"{log.q('order_column')} > ? AND NOT ({where}) AND {own}",
-                                  [position, *args, *own_args]):
-                    table = next((t for t in dep.keys if isinstance(c["table"], str)
-                                  and t.lower() == c["table"].lower()), None)
-                    if table is None:
-                        table = _table_named(conn, c["table"])
+        with read_transaction(conn):
+            log = dep = None
+            legit: dict[tuple[str, tuple[Any, ...]], Result] = {}
+            try:
+                log = ChangeLog(conn, p.get("change_log"), schema="other")
+                if boundary is None:
+                    raise OpError("no deployment boundary was chosen", "bad_boundary")
+                dep = Deployment(conn, log, boundary, key_spec, need_keys=False)
+                position = _position(backup, log) if backup else None
+                if position is None:
+                    position = (min(c["id"] for c in dep.changes) - 1) if dep.changes else None
+                if position is not None:
+                    own, own_args = own_condition(conn, log)
+                    where, args = boundary_where(conn, log, boundary)
+                    for c in log.read(conn, f"{log.q('order_column')} > ? AND NOT ({where}) AND {own}",
+                                      [position, *args, *own_args]):
+                        table = next((t for t in dep.keys if isinstance(c["table"], str)
+                                      and t.lower() == c["table"].lower()), None)
                         if table is None:
-                            continue
-                        try:
-                            dep.keys[table] = table_key(TableInfo(conn, table, "other"), key_spec)
-                            dep.infos[table] = TableInfo(conn, table, "other")
-                        except OpError:
-                            continue
-                    c["table"] = table
-                    c["key"] = change_key(c, dep.keys[table])
-                    legit[(table, c["key"])] = c  # the last legitimate change of each row
-        except OpError as exc:
-            why_unknown = str(exc)
-            dep = None
-        before_levels = _levels(access.get("before_snapshot"), conn, "other")
-        after_levels = None
-        for path in access.get("after_snapshots") or []:
-            after_levels = _levels(path, conn, "main")
-            if after_levels is not None:
-                break
-        mine = {t.lower(): t for t in user_tables(conn, "main")}
-        for name in sorted(set(user_tables(conn, "other")) | set(mine.values())):
-            if name.lower() == LEDGER.lower():
-                continue
-            tables[name] = _table_loss(conn, name, mine, log, dep, legit, boundary, key_spec,
-                                       before_levels, after_levels)
-        conn.execute("COMMIT")
+                            table = _table_named(conn, c["table"])
+                            if table is None:
+                                continue
+                            try:
+                                dep.keys[table] = table_key(TableInfo(conn, table, "other"), key_spec)
+                                dep.infos[table] = TableInfo(conn, table, "other")
+                            except OpError:
+                                continue
+                        c["table"] = table
+                        c["key"] = change_key(c, dep.keys[table])
+                        legit[(table, c["key"])] = c  # the last legitimate change of each row
+            except OpError as exc:
+                why_unknown = str(exc)
+                dep = None
+            before_levels = _levels(access.get("before_snapshot"), conn, "other")
+            after_levels = None
+            for path in access.get("after_snapshots") or []:
+                after_levels = _levels(path, conn, "main")
+                if after_levels is not None:
+                    break
+            mine = {t.lower(): t for t in user_tables(conn, "main")}
+            for name in sorted(set(user_tables(conn, "other")) | set(mine.values())):
+                if name.lower() == LEDGER.lower():
+                    continue
+                tables[name] = _table_loss(conn, name, mine, log, dep, legit, boundary, key_spec,
+                                           before_levels, after_levels)
     finally:
         conn.close()
     known = why_unknown is None
