@@ -32,13 +32,13 @@ from actions.local import LocalTransport
 from actions.sqlite import (
     MAX_COMMAND_BYTES,
     SqliteAgentError,
-    SqliteOps,
     agent_source,
     build_command,
     parse_result,
     sqlite_op,
 )
 from actions.sqlite_agent import restore as agent_restore
+from actions.sqlite_ops import SqliteOps
 from actions.sqlite_schema import (
     CHANGE_HISTORY_SCHEMA,
     COUNTED_TABLES,

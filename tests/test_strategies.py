@@ -20,7 +20,7 @@ import pytest
 
 from actions import sqlite_agent
 from actions.local import LocalTransport
-from actions.sqlite import SqliteOps
+from actions.sqlite_ops import SqliteOps
 
 MAPPING = {"table": "audit_trail", "key_column": "entity_key", "old_column": "before_json",
            "new_column": "after_json", "time_column": "at", "marker_column": "release"}
