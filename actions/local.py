@@ -11,25 +11,21 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from actions.shellsession import SHELL_ARGV, SHELL_START_TIMEOUT, SessionPool, ShellSession
-from actions.transport import OutputSink, ShellResult
+from actions.shellpool import PooledTransport
+from actions.shellsession import SHELL_ARGV, SHELL_START_TIMEOUT, ShellSession
+from actions.transport import partial_file
 
 #: How long (in 10 ms polls) a killed shell may take to be reaped.
 _REAP_POLLS = 500
 
 
-class LocalTransport:
+class LocalTransport(PooledTransport):
     """Runs commands with bash on this machine; ``root`` is the shells' working directory."""
 
     def __init__(self, name: str = "local", root: str | None = None, max_sessions: int = 8) -> None:
         self.name = name
         self.root = Path(root) if root is not None else None
-        self._pool = SessionPool(self._open_session, max_sessions)
-
-    @property
-    def pool(self) -> SessionPool:
-        """The session pool (its ``peak_in_use`` shows how many shells ran at once)."""
-        return self._pool
+        super().__init__(max_sessions)
 
     async def _open_session(self) -> ShellSession:
         proc = await asyncio.create_subprocess_exec(
@@ -71,29 +67,13 @@ class LocalTransport:
         await session.start(SHELL_START_TIMEOUT)
         return session
 
-    async def run(
-        self,
-        command: str,
-        *,
-        timeout: float,
-        cwd: str | None = None,
-        stdin: str | None = None,
-        on_output: OutputSink | None = None,
-    ) -> ShellResult:
-        """Run ``command`` with bash here; killed after ``timeout`` s (see ``Transport.run``)."""
-        return await self._pool.run(command, timeout=timeout, cwd=cwd, stdin=stdin, on_output=on_output)
-
     async def get_file(self, remote: str, local: Path) -> None:
         """Copy ``remote`` (relative paths are under ``root``) to ``local``."""
         source = Path(remote)
         if self.root is not None and not source.is_absolute():
             source = self.root / source
-        partial = local.with_name(local.name + ".part")
-        try:
+        with partial_file(local) as partial:
             await asyncio.to_thread(shutil.copyfile, source, partial)
-            partial.replace(local)
-        finally:
-            partial.unlink(missing_ok=True)
 
     async def close(self) -> None:
         """Close every idle shell; busy ones close when their command ends."""

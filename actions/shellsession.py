@@ -1,7 +1,8 @@
 """One long-lived ``bash --norc --noprofile -s`` on the target, fed one command at a time.
 
 An SSH exec pays the remote login shell's start-up (~160 ms); a command written to a shell
-that is already running costs a few ms. Both transports keep a small pool of such shells.
+that is already running costs a few ms. Both transports keep a small pool of such shells
+(``actions.shellpool``).
 
 For each command the shell gets one line (plus a heredoc body when there is stdin)::
 
@@ -347,58 +348,3 @@ class ShellSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class SessionPool:
-    """At most ``size`` shell sessions at once; idle healthy ones are reused."""
-
-    def __init__(self, open_session: Callable[[], Awaitable[ShellSession]], size: int) -> None:
-        if size < 1:
-            raise ValueError("a session pool needs at least one session")
-        self._open_session = open_session
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list[ShellSession] = []
-        self._generation = 0
-        self.size = size
-        self.in_use = 0
-        #: The most sessions ever busy at once (diagnostics and tests).
-        self.peak_in_use = 0
-
-    async def _borrow(self) -> ShellSession:
-        while self._idle:
-            session = self._idle.pop()
-            if session.usable:
-                return session
-            await session.close()
-        return await self._open_session()
-
-    async def run(
-        self,
-        command: str,
-        *,
-        timeout: float,
-        cwd: str | None = None,
-        stdin: str | None = None,
-        on_output: OutputSink | None = None,
-    ) -> ShellResult:
-        """Run ``command`` on a borrowed session and give the session back if still healthy."""
-        async with self._slots:
-            generation = self._generation
-            session = await self._borrow()
-            self.in_use += 1
-            self.peak_in_use = max(self.peak_in_use, self.in_use)
-            try:
-                return await session.run(command, timeout=timeout, cwd=cwd, stdin=stdin, on_output=on_output)
-            finally:
-                self.in_use -= 1
-                if session.usable and generation == self._generation:
-                    self._idle.append(session)
-                else:
-                    await session.close()
-
-    async def close(self) -> None:
-        """Close idle sessions; busy ones are closed when their command ends."""
-        self._generation += 1
-        idle, self._idle = self._idle, []
-        for session in idle:
-            await session.close()

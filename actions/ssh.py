@@ -17,8 +17,9 @@ from pathlib import Path
 import asyncssh
 
 from actions.errors import ConnectError, ConnectionLost, HostKeyError, TransportError
-from actions.shellsession import SHELL_COMMAND, SHELL_START_TIMEOUT, SessionPool, ShellSession
-from actions.transport import OutputSink, ShellResult
+from actions.shellpool import PooledTransport
+from actions.shellsession import SHELL_COMMAND, SHELL_START_TIMEOUT, ShellSession
+from actions.transport import partial_file
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ CHANNEL_OPEN_BACKOFF = 0.1
 _CLOSE_WAIT = 5.0
 
 
-class SSHTransport:
+class SSHTransport(PooledTransport):
     """Runs commands on ``host`` over SSH; the host key must be pinned in ``known_hosts``."""
 
     def __init__(
@@ -44,6 +45,7 @@ class SSHTransport:
         keepalive_count_max: int = 3,
         max_channels: int = 8,
     ) -> None:
+        super().__init__(max_channels)
         self.name = name
         self.host = host
         self.port = port
@@ -56,7 +58,6 @@ class SSHTransport:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._sftp_lock = asyncio.Lock()
-        self._pool = SessionPool(self._open_session, max_channels)
         #: How many connections were opened (the first one plus reconnects).
         self.connections_opened = 0
 
@@ -64,11 +65,6 @@ class SSHTransport:
     def address(self) -> str:
         """``host:port`` as used in messages."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def pool(self) -> SessionPool:
-        """The channel pool (its ``peak_in_use`` shows how many channels ran at once)."""
-        return self._pool
 
     def _pin_hint(self) -> str:
         scan = f"ssh-keyscan -p {self.port} {self.host}" if self.port != 22 else f"ssh-keyscan {self.host}"
@@ -190,22 +186,9 @@ class SSHTransport:
         await session.start(SHELL_START_TIMEOUT)
         return session
 
-    async def run(
-        self,
-        command: str,
-        *,
-        timeout: float,
-        cwd: str | None = None,
-        stdin: str | None = None,
-        on_output: OutputSink | None = None,
-    ) -> ShellResult:
-        """Run ``command`` with bash on the target; killed there after ``timeout`` s."""
-        return await self._pool.run(command, timeout=timeout, cwd=cwd, stdin=stdin, on_output=on_output)
-
     async def get_file(self, remote: str, local: Path) -> None:
         """Copy ``remote`` from the target to ``local`` over SFTP (via a ``.part`` file)."""
-        partial = local.with_name(local.name + ".part")
-        try:
+        with partial_file(local) as partial:
             async with self._sftp_lock:
                 conn = await self._connection()
                 try:
@@ -221,9 +204,6 @@ class SSHTransport:
                     raise ConnectionLost(f"link to {self.address} failed while copying {remote}: {exc.reason}") from exc
                 except asyncssh.Error as exc:
                     raise TransportError(f"SFTP to {self.address} failed: {exc.reason}") from exc
-            partial.replace(local)
-        finally:
-            partial.unlink(missing_ok=True)
 
     async def close(self) -> None:
         """Close every idle channel and the connection."""

@@ -8,7 +8,8 @@ for both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,3 +56,15 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Close every channel and the connection."""
         ...
+
+
+@contextmanager
+def partial_file(local: Path) -> Iterator[Path]:
+    """A ``.part`` file beside ``local`` to copy into: renamed over ``local`` when the block
+    ends, removed when it raises (a half-copied file never takes the name)."""
+    partial = local.with_name(local.name + ".part")
+    try:
+        yield partial
+        partial.replace(local)
+    finally:
+        partial.unlink(missing_ok=True)
