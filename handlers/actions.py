@@ -22,21 +22,16 @@ def _where(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def approve(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
-    """Approve was clicked."""
+#: The decision each approval button stands for.
+DECISIONS = {APPROVE: "approve", REJECT: "reject"}
+
+
+async def approval(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Approve or Reject was clicked; for a reject the flow opens the reason modal (the trigger lives 3 s)."""
     await ack()
     services = context["services"]
     incidents.background(services=services, body=body, work=incidents.approval_click(
-        services=services, incident_id=action.get("value", ""), decision="approve",
-        trigger_id=body.get("trigger_id", ""), action_ts=action.get("action_ts", ""), **_where(body)))
-
-
-async def reject(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
-    """Reject was clicked: the flow opens the reason modal (the trigger lives 3 s)."""
-    await ack()
-    services = context["services"]
-    incidents.background(services=services, body=body, work=incidents.approval_click(
-        services=services, incident_id=action.get("value", ""), decision="reject",
+        services=services, incident_id=action.get("value", ""), decision=DECISIONS[action["action_id"]],
         trigger_id=body.get("trigger_id", ""), action_ts=action.get("action_ts", ""), **_where(body)))
 
 
@@ -60,7 +55,7 @@ async def clock(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], con
 
 def register(app: AsyncApp) -> None:
     """Attach the block action listeners."""
-    app.action(APPROVE)(approve)
-    app.action(REJECT)(reject)
+    for action_id in DECISIONS:
+        app.action(action_id)(approval)
     app.action(re.compile(f"^{ANSWER}_"))(answer)
     app.action(re.compile(f"^{CLOCK_ACTIONS}"))(clock)

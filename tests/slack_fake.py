@@ -1047,11 +1047,15 @@ class SlackFake:
             request.transport.abort()
         return web.Response(status=503)
 
-    async def _handle_upload(self, request: web.Request) -> web.StreamResponse:
+    def _fault_or_drop(self, request: web.Request, what: str) -> web.StreamResponse | None:
+        """The answer of a fault (Slack down, the connection refused) for a request outside the Web API."""
         try:
-            fault = self._fault(None)
+            return self._fault(None)
         except _DropConnection:
-            return self._drop(request, Call("(upload)", {}, time.monotonic()))
+            return self._drop(request, Call(what, {}, time.monotonic()))
+
+    async def _handle_upload(self, request: web.Request) -> web.StreamResponse:
+        fault = self._fault_or_drop(request, "(upload)")
         if fault is not None:
             return fault
         upload = self._files_by_id.get(request.match_info["file_id"])
@@ -1066,10 +1070,7 @@ class SlackFake:
         return web.Response(text=f"OK - {len(upload.content)}", content_type="text/plain")
 
     async def _handle_response_url(self, request: web.Request) -> web.StreamResponse:
-        try:
-            fault = self._fault(None)
-        except _DropConnection:
-            return self._drop(request, Call("(response_url)", {}, time.monotonic()))
+        fault = self._fault_or_drop(request, "(response_url)")
         if fault is not None:
             return fault
         token = request.match_info["token"]

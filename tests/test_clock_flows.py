@@ -14,7 +14,8 @@ from bot.clock.flows import P2_DECISION, P3_DECISION
 from bot.clock.settings import MaintenanceWindow
 from bot.core.approvals import DEFAULT_POLICY
 from bot.core.lifecycle import Status
-from bot.slack.view import desired_messages, load_state
+from bot.slack.thread import desired_messages
+from bot.slack.view import load_state
 from tests.clock_env import T0, ClockEnv
 
 RUNBOOK = textwrap.dedent("""\

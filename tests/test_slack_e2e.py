@@ -19,7 +19,8 @@ from bot.core.config import BotConfig, SlackSecrets, parse_config
 from bot.core.lifecycle import Status
 from bot.slack.client import make_client
 from bot.slack.services import Services, build_services
-from bot.slack.view import desired_messages, load_state
+from bot.slack.thread import desired_messages
+from bot.slack.view import load_state
 from handlers.app import create_app
 from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake, bot_scopes_from_manifest

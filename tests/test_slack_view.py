@@ -11,15 +11,9 @@ import pytest
 from bot.core.approvals import DEFAULT_POLICY
 from bot.core.lifecycle import Event, StepStatus
 from bot.core.runbook import Runbook, default_runbook, parse_runbook
-from bot.slack.view import (
-    APPROVE,
-    REJECT,
-    answer_value,
-    desired_messages,
-    load_state,
-    parse_answer_value,
-    render_root,
-)
+from bot.slack.status import render_root
+from bot.slack.thread import desired_messages
+from bot.slack.view import APPROVE, REJECT, answer_value, load_state, parse_answer_value
 from bot.state.store import Store
 
 RUNBOOK = textwrap.dedent("""\

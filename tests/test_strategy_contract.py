@@ -18,7 +18,7 @@ from bot.core.engine import AnswerRefused, Engine, Target
 from bot.core.lifecycle import Status
 from bot.core.runbook import default_runbook, parse_runbook
 from bot.core.targets import TargetSettings
-from bot.slack.view import render_question
+from bot.slack.questions import render_question
 from bot.state.store import Store
 from tests.test_strategies import MAPPING, build
 

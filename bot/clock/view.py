@@ -25,7 +25,7 @@ from slack_sdk.models.blocks import (
 from bot.clock.stability import SeriesPlan, check_line, figures_line, sparkline
 from bot.core.lifecycle import FINAL, StepStatus
 from bot.core.runbook import Runbook, StabilityStep
-from bot.slack.view import Rendered, ThreadState, _esc, _sections, clip
+from bot.slack.view import Rendered, ThreadState, clip, esc, sections
 from bot.state.store import StabilityCheck, StepRun
 
 CLOCK_CANCEL = "rb_clock_cancel"   # value: incident id
@@ -61,14 +61,14 @@ def render_series(run: StepRun, checks: list[StabilityCheck], *, title: str) -> 
     limit = f"latency limit {plan.latency_limit_ms:.0f} ms"
     if plan.baseline_ms:
         limit += f" (baseline {plan.baseline_ms:.0f} ms)"
-    head = f"{icon} *{_esc(title)}* — {len(checks)}/{plan.checks} checks · {limit}"
+    head = f"{icon} *{esc(title)}* — {len(checks)}/{plan.checks} checks · {limit}"
     lines = [head]
     if plan.mode == "watch" and done:
         lines.append(f"Extended watch closed: {len(ran)} checks without a failure over the watch.")
     body = "\n".join(check_line(c, plan.checks) for c in checks[-40:])
-    blocks: list[Block] = _sections(lines)
+    blocks: list[Block] = sections(lines)
     if body:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(f"```{_esc(body)}```"))))
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(f"```{esc(body)}```"))))
     spark = sparkline([c.latency_ms for c in checks])
     figures = run.captures if done else w.get("figures") or {}
     context = []
@@ -135,9 +135,9 @@ def schedule_messages(state: ThreadState) -> list[Rendered]:
         win_run = next((r for r in latest.values() if (r.waiting or {}).get("kind") == "window"), None)
         cancelled = any(e.kind == "p3_cancelled" for e in state.events)
         started = win_run is not None and win_run.status is StepStatus.DONE
-        lines = [f"🗓️ *Scheduled into the next maintenance window:* {_esc(window.get('label', ''))}",
+        lines = [f"🗓️ *Scheduled into the next maintenance window:* {esc(window.get('label', ''))}",
                  f"Window: {_utc(window.get('start'))} – {_utc(window.get('end'))} "
-                 f"(`{_esc(window.get('cron', ''))}` {_esc(window.get('timezone', ''))})"]
+                 f"(`{esc(window.get('cron', ''))}` {esc(window.get('timezone', ''))})"]
         if cancelled:
             who = next(e.actor for e in state.events if e.kind == "p3_cancelled")
             lines.append(f"🛑 Cancelled by <@{who}>.")
@@ -145,7 +145,7 @@ def schedule_messages(state: ThreadState) -> list[Rendered]:
             lines.append("▶️ The window opened: the rollback started.")
         elif inc.status not in FINAL:
             lines.append("Approvals are collected before it starts; an approver may cancel it.")
-        blocks = _sections(lines)
+        blocks = sections(lines)
         if not (cancelled or started) and inc.status not in FINAL:
             blocks.append(ActionsBlock(block_id=f"clock|{inc.id}", elements=[_button(
                 "Cancel the scheduled rollback", CLOCK_CANCEL, inc.id,
@@ -160,21 +160,21 @@ def _event_message(event_id: int, kind: str, actor: str | None, data: dict[str, 
         left = float(data.get("minutes_left") or 0)
         when = f"in {left:g} min" if left > 0 else "now — the deadline passed"
         text = (f"⏰ *P2 deadline {when}* ({_utc(data.get('deadline'))}). "
-                f"Waiting for {_esc(str(data.get('waiting_on', '')))}")
-        return Rendered(key, clip(text, 3000), _sections([text]))
+                f"Waiting for {esc(str(data.get('waiting_on', '')))}")
+        return Rendered(key, clip(text, 3000), sections([text]))
     if kind == "clock_reminder" and data.get("kind") == "phase7":
-        items = ", ".join(_esc(str(i)) for i in data.get("open", []))
+        items = ", ".join(esc(str(i)) for i in data.get("open", []))
         text = f"📋 *Phase 7 reminder:* still open — {items} (due {_utc(data.get('due'))})."
-        return Rendered(key, clip(text, 3000), _sections([text]))
+        return Rendered(key, clip(text, 3000), sections([text]))
     if kind == "approval_escalated":
         who = data.get("mention") or ", ".join(data.get("roles", []))
         text = (f"⏫ *Approvals unanswered* (escalation {data.get('level')}): {who} — still needed: "
-                f"{_esc(str(data.get('missing', '')))}")
-        return Rendered(key, clip(text, 3000), _sections([text]))
+                f"{esc(str(data.get('missing', '')))}")
+        return Rendered(key, clip(text, 3000), sections([text]))
     if kind == "approvals_expired":
         text = (f"⌛ *Approvals expired* with the decision window; still needed were: "
-                f"{_esc(str(data.get('missing', '')))}. The incident ends here.")
-        return Rendered(key, clip(text, 3000), _sections([text]))
+                f"{esc(str(data.get('missing', '')))}. The incident ends here.")
+        return Rendered(key, clip(text, 3000), sections([text]))
     return None
 
 
@@ -188,12 +188,12 @@ def _phase7_message(state: ThreadState) -> Rendered | None:
     for item in opened.data.get("items", []):
         ev = done.get(item["id"])
         if ev is not None:
-            lines.append(f"✓ {_esc(item['title'])} — done by <@{ev.actor}> at {ev.at:%Y-%m-%d %H:%M} UTC")
+            lines.append(f"✓ {esc(item['title'])} — done by <@{ev.actor}> at {ev.at:%Y-%m-%d %H:%M} UTC")
         else:
-            lines.append(f"○ {_esc(item['title'])}")
+            lines.append(f"○ {esc(item['title'])}")
             buttons.append(_button(clip(f"Done: {item['title']}", 75), f"{CLOCK_DONE}_{len(buttons)}",
                                    f"{state.incident.id}|{item['id']}"))
-    blocks = _sections(lines)
+    blocks = sections(lines)
     if buttons:
         blocks.append(ActionsBlock(block_id=f"phase7|{state.incident.id}", elements=buttons[:5]))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -9,6 +11,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.core.config import SlackSecrets
 
@@ -31,17 +34,22 @@ def make_client(secrets: SlackSecrets) -> AsyncWebClient:
     )
 
 
-async def verify_token(client: AsyncWebClient) -> str | None:
-    """None when ``auth.test`` accepts the bot token, else the problem in one line."""
+async def _refusal(secret: str, method: str, call: Awaitable[AsyncSlackResponse]) -> str | None:
+    """None when Slack's ``method`` accepts the token named ``secret``, else the problem in one line."""
     try:
-        resp = await client.auth_test()
+        resp = await call
     except SlackApiError as exc:
-        return f"SLACK_BOT_TOKEN: auth.test refused it ({exc.response.get('error')})"
+        return f"{secret}: {method} refused it ({exc.response.get('error')})"
     except (TimeoutError, OSError) as exc:
         return f"SLACK_API_URL: Slack's Web API could not be reached ({type(exc).__name__}: {exc})"
     if not resp.get("ok"):
-        return f"SLACK_BOT_TOKEN: auth.test refused it ({resp.get('error')})"
+        return f"{secret}: {method} refused it ({resp.get('error')})"
     return None
+
+
+async def verify_token(client: AsyncWebClient) -> str | None:
+    """None when ``auth.test`` accepts the bot token, else the problem in one line."""
+    return await _refusal("SLACK_BOT_TOKEN", "auth.test", client.auth_test())
 
 
 async def verify_app_token(client: AsyncWebClient, app_token: str) -> str | None:
@@ -49,15 +57,7 @@ async def verify_app_token(client: AsyncWebClient, app_token: str) -> str | None
 
     The URL it hands out is not used: Slack lets it expire unopened.
     """
-    try:
-        resp = await client.apps_connections_open(app_token=app_token)
-    except SlackApiError as exc:
-        return f"SLACK_APP_TOKEN: apps.connections.open refused it ({exc.response.get('error')})"
-    except (TimeoutError, OSError) as exc:
-        return f"SLACK_API_URL: Slack's Web API could not be reached ({type(exc).__name__}: {exc})"
-    if not resp.get("ok"):
-        return f"SLACK_APP_TOKEN: apps.connections.open refused it ({resp.get('error')})"
-    return None
+    return await _refusal("SLACK_APP_TOKEN", "apps.connections.open", client.apps_connections_open(app_token=app_token))
 
 
 async def scope_problems(client: AsyncWebClient) -> list[str]:

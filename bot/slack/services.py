@@ -30,7 +30,7 @@ from bot.plan.rehearsal_jobs import Reporter, schedule_rehearsals
 from bot.plan.rehearsal_jobs import install as install_reporter
 from bot.record.records import Records
 from bot.slack.people import PeopleDirectory
-from bot.slack.view import ThreadPublisher
+from bot.slack.publisher import ThreadPublisher
 from bot.state.control import ControlPoller, Executor
 from bot.state.replicas import Coordinator
 from bot.state.runtime import ReplicaRuntime

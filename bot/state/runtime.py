@@ -21,7 +21,7 @@ from bot.clock.flows import ClockRuntime
 from bot.clock.scheduler import install_claimer
 from bot.core.engine import Engine
 from bot.core.lifecycle import FINAL, Status
-from bot.slack.view import ThreadPublisher
+from bot.slack.publisher import ThreadPublisher
 from bot.state.replicas import INCIDENT, Coordinator, Hooks
 from bot.state.schema import Fence, LeaseLost, fenced
 from bot.state.store import incidents
