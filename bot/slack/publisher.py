@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -42,28 +43,29 @@ READ_BACK_PAGES = 10
 TRANSIENT = (SlackApiError, SlackRequestError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
+@dataclass(kw_only=True, eq=False)
 class ThreadPublisher:
     """Makes each incident's thread match its state; coalesces, retries, survives restarts."""
 
-    def __init__(self, *, client: AsyncWebClient, store: Store, runbook: Runbook, policy: ApprovalPolicy,
-                 update_interval: float = 1.0, retry_max: float = 30.0, upload_over: int = 3500) -> None:
-        self.client = client
-        self._poster = _never_resend(client)
-        self.store = store
-        self.runbook = runbook
-        self.policy = policy
-        self.update_interval = update_interval
-        self.retry_max = retry_max
-        self.upload_over = upload_over
-        self._dirty: set[str] = set()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._last: dict[str, float] = {}
-        self._idle: dict[str, asyncio.Event] = {}
-        #: Several replicas: the fence under which this process writes an incident's thread
-        #: (None: another replica writes it, and ``elsewhere`` is told of the change instead).
-        self.fence_of: Callable[[str], Fence | None] | None = None
-        self.elsewhere: Callable[[str], None] | None = None
+    client: AsyncWebClient
+    store: Store
+    runbook: Runbook
+    policy: ApprovalPolicy
+    update_interval: float = 1.0
+    retry_max: float = 30.0
+    upload_over: int = 3500
+    #: Several replicas: the fence under which this process writes an incident's thread
+    #: (None: another replica writes it, and ``elsewhere`` is told of the change instead).
+    fence_of: Callable[[str], Fence | None] | None = None
+    elsewhere: Callable[[str], None] | None = None
+    _dirty: set[str] = field(default_factory=set, init=False)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
+    _last: dict[str, float] = field(default_factory=dict, init=False)
+    _idle: dict[str, asyncio.Event] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._poster = _never_resend(self.client)
 
     def request(self, incident_id: str) -> None:
         """Note that the incident changed; its thread is synced soon (coalesced)."""
