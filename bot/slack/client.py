@@ -16,7 +16,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot.core.config import SlackSecrets
 
 #: The bot scopes manifest.yml asks for (tests/test_manifest.py holds the two equal).
-MANIFEST_BOT_SCOPES = ("commands", "chat:write", "usergroups:read", "files:write", "channels:history")
+MANIFEST_BOT_SCOPES = ("commands", "chat:write", "usergroups:read", "files:write", "channels:history", "users:read")
 
 
 def make_client(secrets: SlackSecrets) -> AsyncWebClient:
