@@ -6,10 +6,22 @@ import os
 import sqlite3
 from typing import Any
 
-from .base import SNAPSHOT_FORMAT, OpError, Params, Result, _key_of, _now_iso, _path, _str, from_json, qi, to_json
+from .base import (
+    SNAPSHOT_FORMAT,
+    OpError,
+    Params,
+    Result,
+    from_json,
+    key_of,
+    now_iso,
+    path_param,
+    qi,
+    str_param,
+    to_json,
+)
 from .changes import ChangeLog
 from .db import connect
-from .files import _load_snapshot, _write_json_atomic
+from .files import load_snapshot, write_json_atomic
 from .rows import access_overrides, log_max, mark_own
 from .schema import TableInfo, resolve_tables
 from .tx import kill_point, write_transaction
@@ -52,8 +64,8 @@ def _own_log(conn: sqlite3.Connection, p: Params) -> tuple[Any, Any]:
 
 def op_restrict_access(p: Params) -> Result:
     """Save every row's level to the snapshot file FIRST, then restrict non-exempt rows."""
-    db = _path(p, "db")
-    snapshot = _path(p, "snapshot")
+    db = path_param(p, "db")
+    snapshot = path_param(p, "snapshot")
     level = from_json(p.get("level", "read_only"), "level")
     exempt = p.get("exempt_roles", ["superuser", "emergency_admin"])
     if not isinstance(exempt, list) or not all(isinstance(r, str) for r in exempt):
@@ -64,17 +76,17 @@ def op_restrict_access(p: Params) -> Result:
     conn = connect(db, "rw")
     try:
         table, key, column = _access_names(conn, p, None)
-        role = TableInfo(conn, table).column(_str(p, "role_column", "role"), "role column")
+        role = TableInfo(conn, table).column(str_param(p, "role_column", "role"), "role column")
         t, k, c, r = qi(table), qi(key), qi(column), qi(role)
         with write_transaction(conn):  # nobody adds a row between snapshot and update
             log, log_before = _own_log(conn, p)
             rows = conn.execute(f"SELECT {k}, {c} FROM {t} ORDER BY {k}").fetchall()
-            keys = [_key_of(row[0]) for row in rows]
+            keys = [key_of(row[0]) for row in rows]
             if any(row[0] is None for row in rows) or len(set(keys)) != len(keys):
                 raise OpError(f"{table}.{key} must be unique and not NULL to key a snapshot")
             kept = 0
             if os.path.exists(snapshot):  # a re-run: keep the originals already saved
-                doc = _load_snapshot(snapshot)
+                doc = load_snapshot(snapshot)
                 _access_names(conn, {"table": table, "key": key, "column": column}, doc)
                 if doc.get("db") != db or doc.get("tag") != tag:
                     raise OpError(
@@ -82,13 +94,13 @@ def op_restrict_access(p: Params) -> Result:
                         f"tag {doc.get('tag')!r}); refusing to mix up original levels",
                         "bad_snapshot",
                     )
-                known = {_key_of(from_json(row[0])) for row in doc["rows"]}
+                known = {key_of(from_json(row[0])) for row in doc["rows"]}
                 kept = len(known)
-                new = [row for row in rows if _key_of(row[0]) not in known]
+                new = [row for row in rows if key_of(row[0]) not in known]
                 if new:
                     doc["rows"].extend([to_json(v) for v in row] for row in new)
-                    doc["merged_at"] = _now_iso()
-                    _write_json_atomic(snapshot, doc)
+                    doc["merged_at"] = now_iso()
+                    write_json_atomic(snapshot, doc)
             else:
                 new = rows
                 doc = {
@@ -97,11 +109,11 @@ def op_restrict_access(p: Params) -> Result:
                     "table": table,
                     "key": key,
                     "column": column,
-                    "created_at": _now_iso(),
+                    "created_at": now_iso(),
                     "tag": tag,
                     "rows": [[to_json(v) for v in row] for row in rows],
                 }
-                _write_json_atomic(snapshot, doc)
+                write_json_atomic(snapshot, doc)
             kill_point("restrict:snapshot_saved")
             marks = ", ".join("?" for _ in exempt)
             cur = conn.execute(
@@ -125,12 +137,12 @@ def op_restrict_access(p: Params) -> Result:
 def op_restore_access(p: Params) -> Result:
     """Set every row's level back to exactly the value saved in the snapshot (``prefer_snapshot``
     when that file exists), or the level a strategy recorded for the row in the ledger."""
-    db = _path(p, "db")
-    snapshot = _path(p, "snapshot")
-    preferred = _path(p, "prefer_snapshot", required=False)
+    db = path_param(p, "db")
+    snapshot = path_param(p, "snapshot")
+    preferred = path_param(p, "prefer_snapshot", required=False)
     if preferred and os.path.exists(preferred):  # a full restore's snapshot of the restored levels
         snapshot = preferred
-    doc = _load_snapshot(snapshot)
+    doc = load_snapshot(snapshot)
     conn = connect(db, "rw")
     try:
         table, key, column = _access_names(conn, p, doc)
@@ -144,9 +156,9 @@ def op_restore_access(p: Params) -> Result:
             rows = [[from_json(k, "key"), from_json(v, "level")] for k, v in doc["rows"]]
             seen = set()
             for i, (value, _level) in enumerate(rows):
-                seen.add(_key_of(value))
-                if _key_of(value) in overrides:
-                    rows[i][1] = overrides[_key_of(value)]
+                seen.add(key_of(value))
+                if key_of(value) in overrides:
+                    rows[i][1] = overrides[key_of(value)]
             rows += [[k[1] if isinstance(k, tuple) else k, v] for k, v in overrides.items() if k not in seen]
             for value, level in rows:
                 raw_key = to_json(value)

@@ -8,17 +8,17 @@ import sqlite3
 import stat
 import time
 
-from .base import MMAP_SIZE, OpError, Params, Result, _bool, _int, _now_iso, _path, _str
+from .base import MMAP_SIZE, OpError, Params, Result, bool_param, int_param, now_iso, path_param, str_param
 from .db import connect
-from .files import _fsync_file, _has_wal, _publish, _unlink, file_sha256
+from .files import file_sha256, fsync_file, has_wal, publish, unlink_if_present
 from .hashing import verify_file
 from .tx import kill_point
 
 
-def _snapshot_to(src: sqlite3.Connection, partial: str) -> None:
+def snapshot_to(src: sqlite3.Connection, partial: str) -> None:
     """A consistent copy of ``src`` at ``partial`` (rollback-journal mode, fsynced)."""
     for stale in (partial, partial + "-journal", partial + "-wal", partial + "-shm"):
-        _unlink(stale)
+        unlink_if_present(stale)
     dst = sqlite3.connect(partial, isolation_level=None)
     try:
         dst.execute("PRAGMA journal_mode = OFF")
@@ -27,16 +27,16 @@ def _snapshot_to(src: sqlite3.Connection, partial: str) -> None:
         dst.execute("PRAGMA journal_mode = DELETE")  # archives are single self-contained files
     finally:
         dst.close()
-    _fsync_file(partial)
+    fsync_file(partial)
 
 
 def op_backup(p: Params) -> Result:
     """Consistent snapshot via the backup API to dest (.partial, fsync, no-clobber rename)."""
-    db = _path(p, "db")
-    dest = _path(p, "dest")
-    verify = _bool(p, "verify")
-    hashed = _bool(p, "content_hash", True)
-    if_exists = _str(p, "if_exists", "fail")
+    db = path_param(p, "db")
+    dest = path_param(p, "dest")
+    verify = bool_param(p, "verify")
+    hashed = bool_param(p, "content_hash", True)
+    if_exists = str_param(p, "if_exists", "fail")
     if if_exists not in ("fail", "keep"):
         raise OpError("parameter 'if_exists' is 'fail' or 'keep'")
     if os.path.lexists(dest):
@@ -57,11 +57,11 @@ def op_backup(p: Params) -> Result:
         src.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
         partial = dest + ".partial"
         try:
-            _snapshot_to(src, partial)
+            snapshot_to(src, partial)
             kill_point("backup:partial")
-            _publish(partial, dest)
+            publish(partial, dest)
         except BaseException:
-            _unlink(partial)
+            unlink_if_present(partial)
             raise
     finally:
         src.close()
@@ -78,9 +78,9 @@ def op_backup(p: Params) -> Result:
 
 def op_list_backups(p: Params) -> Result:
     """Backup files in dir matching pattern, newest first: {backups: [{path, name, ...}]}."""
-    folder = _path(p, "dir")
-    pattern = _str(p, "pattern", "*.db")
-    limit = _int(p, "limit", 100, 1)
+    folder = path_param(p, "dir")
+    pattern = str_param(p, "pattern", "*.db")
+    limit = int_param(p, "limit", 100, 1)
     if "/" in pattern:
         raise OpError("parameter 'pattern' is a file name pattern, without '/'")
     if not os.path.isdir(folder):
@@ -106,9 +106,9 @@ def op_list_backups(p: Params) -> Result:
                 "name": name,
                 "bytes": st.st_size,
                 "mtime": st.st_mtime,
-                "mtime_iso": _now_iso(st.st_mtime),
+                "mtime_iso": now_iso(st.st_mtime),
                 "sqlite": header == b"SQLite format 3\x00",
-                "has_wal": _has_wal(path),
+                "has_wal": has_wal(path),
             }
         )
     found.sort(key=lambda b: (b["mtime"], b["name"]), reverse=True)

@@ -34,11 +34,13 @@ class OpError(Exception):
         self.details = details
 
 
-def _now_iso(t: float | None = None) -> str:
+def now_iso(t: float | None = None) -> str:
+    """UTC time ``t`` (default now) as ISO 8601 text, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
-def _stamp() -> str:
+def utc_stamp() -> str:
+    """The UTC time now as ``YYYYmmdd_HHMMSS``, for file names."""
     return time.strftime("%Y%m%d_%H%M%S", time.gmtime())
 
 
@@ -47,7 +49,8 @@ def qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _path(p: Params, key: str, required: bool = True) -> str:
+def path_param(p: Params, key: str, required: bool = True) -> str:
+    """Parameter ``key`` as an absolute path ("" when it is absent and not ``required``)."""
     value = p.get(key)
     if value is None and not required:
         return ""
@@ -56,28 +59,32 @@ def _path(p: Params, key: str, required: bool = True) -> str:
     return os.path.abspath(value)
 
 
-def _str(p: Params, key: str, default: str | None = None) -> str:
+def str_param(p: Params, key: str, default: str | None = None) -> str:
+    """Parameter ``key`` as a non-empty string (``default`` when absent)."""
     value = p.get(key, default)
     if not isinstance(value, str) or not value:
         raise OpError(f"parameter {key!r} must be a non-empty string")
     return value
 
 
-def _bool(p: Params, key: str, default: bool = False) -> bool:
+def bool_param(p: Params, key: str, default: bool = False) -> bool:
+    """Parameter ``key`` as true or false (``default`` when absent)."""
     value = p.get(key, default)
     if not isinstance(value, bool):
         raise OpError(f"parameter {key!r} must be true or false")
     return value
 
 
-def _int(p: Params, key: str, default: int, low: int = 0) -> int:
+def int_param(p: Params, key: str, default: int, low: int = 0) -> int:
+    """Parameter ``key`` as an integer >= ``low`` (``default`` when absent)."""
     value = p.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise OpError(f"parameter {key!r} must be an integer >= {low}")
     return value
 
 
-def _str_list(p: Params, key: str) -> list[str] | None:
+def names_param(p: Params, key: str) -> list[str] | None:
+    """Parameter ``key`` as a list of names, or None when absent."""
     value = p.get(key)
     if value is None:
         return None
@@ -107,17 +114,20 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s fallback: bytes as {"$blob_b64": ...}."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return to_json(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _existing(path: str) -> str:
+def existing_file(path: str) -> str:
+    """``path`` when it is a file, else ``OpError`` (kind ``not_found``)."""
     if not os.path.isfile(path):
         raise OpError(f"database not found: {path}", "not_found")
     return path
 
 
-def _key_of(value: Any) -> Any:
+def key_of(value: Any) -> Any:
+    """A value as a dict key: a blob tagged ("b", bytes), so it never equals text."""
     return ("b", bytes(value)) if isinstance(value, (bytes, bytearray)) else value

@@ -76,7 +76,7 @@ LOG_GUESSES: dict[str, tuple[str, ...]] = {
 OPERATIONS = {"I": "INSERT", "C": "INSERT", "U": "UPDATE", "D": "DELETE", "R": "DELETE"}
 
 
-def _jsonish(value: Any) -> Any:
+def jsonish(value: Any) -> Any:
     """A change-log JSON cell as a Python value (None stays None)."""
     if value is None or isinstance(value, (int, float, bytes)):
         return value
@@ -202,7 +202,7 @@ class ChangeLog:
     def _change(self, row: Result) -> Result:
         cid = row["order_column"]
         table = row.get("table_column")
-        old, new = _jsonish(row.get("old_column")), _jsonish(row.get("new_column"))
+        old, new = jsonish(row.get("old_column")), jsonish(row.get("new_column"))
         if self.shape == "rows":
             old, new = self._row_doc(old, cid, "old"), self._row_doc(new, cid, "new")
         else:
@@ -260,7 +260,8 @@ def parse_boundary(value: Any) -> dict[str, Any] | None:
     return {k: v for k, v in value.items() if v is not None and k != "label"}
 
 
-def _governance_filter(conn: sqlite3.Connection, spec: Any, schema: str) -> tuple[str, list[Any], str]:
+def governance_filter(conn: sqlite3.Connection, spec: Any, schema: str) -> tuple[str, list[Any], str]:
+    """(governance table, args, SQL condition) selecting the governance rows ``spec`` names."""
     if not isinstance(spec, dict) or not spec:
         raise OpError("boundary.governance must be an object of column: value", "bad_boundary")
     table = resolve_tables(conn, ["governance_logs"], schema)[0]
@@ -313,7 +314,7 @@ def boundary_where(conn: sqlite3.Connection, log: ChangeLog, boundary: dict[str,
             parts.append(f"{log.q('order_column')} {op} ?")
             args.append(value)
     if "governance" in boundary:
-        gtable, gargs, gwhere = _governance_filter(conn, boundary["governance"], log.schema)
+        gtable, gargs, gwhere = governance_filter(conn, boundary["governance"], log.schema)
         ginfo = TableInfo(conn, gtable.split(".")[1].strip('"'), log.schema)
         either = []
         if log.cols.get("governance_column"):

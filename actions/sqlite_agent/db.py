@@ -6,8 +6,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .base import BUSY_TIMEOUT, MMAP_SIZE, OpError, _existing, qi
-from .files import _has_wal
+from .base import BUSY_TIMEOUT, MMAP_SIZE, OpError, existing_file, qi
+from .files import has_wal
 
 
 def _uri(path: str, mode: str, immutable: bool) -> str:
@@ -23,7 +23,7 @@ def connect(
     A read-only open of a database a killed writer left with a hot journal or WAL fails
     with "attempt to write a readonly database" (recovery writes): recover it first.
     """
-    _existing(path)
+    existing_file(path)
     conn = sqlite3.connect(
         _uri(path, mode, immutable), uri=True, timeout=timeout, isolation_level=None
     )
@@ -61,10 +61,11 @@ def _recover(path: str, timeout: float, why: Exception) -> None:
         ) from None
 
 
-def _attach(conn: sqlite3.Connection, path: str, alias: str = "other") -> None:
+def attach(conn: sqlite3.Connection, path: str, alias: str = "other") -> None:
+    """Attach ``path`` read-only as schema ``alias`` (a hot journal rolled back first)."""
     if not os.path.isfile(path):
         raise OpError(f"database not found: {path}", "not_found")
     if os.path.exists(path + "-journal"):  # maybe hot: roll it back before reading
         connect(path, "ro").close()
-    quiet = not _has_wal(path) and not os.path.exists(path + "-journal")
+    quiet = not has_wal(path) and not os.path.exists(path + "-journal")
     conn.execute(f"ATTACH DATABASE ? AS {qi(alias)}", (_uri(path, "ro", quiet),))

@@ -6,8 +6,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from .base import OpError, Params, Result, _int, _path, _str_list, qi, to_json
-from .db import _attach, connect
+from .base import OpError, Params, Result, int_param, names_param, path_param, qi, to_json
+from .db import attach, connect
 from .schema import TableInfo, user_tables
 from .tx import read_transaction
 
@@ -21,11 +21,12 @@ def _key_columns(info: TableInfo, spec: Any) -> list[str]:
     return ["rowid" if n.lower() == "rowid" else info.column(n, "key column") for n in names]
 
 
-def _sorted_keys(keys: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def sorted_keys(keys: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Row keys in a stable order across value types."""
     return sorted(keys, key=lambda k: [(type(v).__name__, v) for v in k])
 
 
-def _diff_keys(
+def diff_keys(
     conn: sqlite3.Connection, table: str, key: list[str], cols: list[str]
 ) -> tuple[set[Any], set[Any], set[Any]]:
     """Keys added in main, removed from main, and changed, against schema "other"."""
@@ -43,7 +44,7 @@ def _diff_keys(
     return added, removed, changed
 
 
-class _Pair:
+class TablePair:
     """One table in "main" and in the attached "other": key and common columns."""
 
     def __init__(self, conn: sqlite3.Connection, table: str, key_spec: Any) -> None:
@@ -58,22 +59,22 @@ class _Pair:
         self.missing = [c for c in self.info.columns if c.lower() not in other_cols]
 
     def diff(self, conn: sqlite3.Connection) -> tuple[set[Any], set[Any], set[Any]]:
-        """Keys added in main, removed from main, and changed (see ``_diff_keys``)."""
-        return _diff_keys(conn, self.info.name, self.key, self.common)
+        """Keys added in main, removed from main, and changed (see ``diff_keys``)."""
+        return diff_keys(conn, self.info.name, self.key, self.common)
 
 
 def op_diff(p: Params) -> Result:
     """Rows of db vs other by primary key: per table {added, removed, changed, keys_sample}."""
-    db, other = _path(p, "db"), _path(p, "other")
-    sample = _int(p, "sample", 20, 0)
+    db, other = path_param(p, "db"), path_param(p, "other")
+    sample = int_param(p, "sample", 20, 0)
     key_spec = p.get("key_columns") or {}
     if not isinstance(key_spec, dict):
         raise OpError("parameter 'key_columns' must be an object or null")
     conn = connect(db, "ro")
     try:
-        _attach(conn, other)
+        attach(conn, other)
         with read_transaction(conn):
-            requested = _str_list(p, "tables")
+            requested = names_param(p, "tables")
             mine, theirs = user_tables(conn, "main"), user_tables(conn, "other")
             if requested is None:
                 names = sorted(set(mine) | set(theirs))
@@ -89,18 +90,18 @@ def op_diff(p: Params) -> Result:
                 if name not in mine or name not in theirs:
                     tables[name] = {"only_in": "db" if name in mine else "other"}
                     continue
-                pair = _Pair(conn, name, key_spec.get(name))
+                pair = TablePair(conn, name, key_spec.get(name))
                 added, removed, changed = pair.diff(conn)
-                keys = _sorted_keys(added | removed | changed)[:sample]
+                keys = sorted_keys(added | removed | changed)[:sample]
                 tables[name] = {
                     "added": len(added),
                     "removed": len(removed),
                     "changed": len(changed),
                     "keys_sample": [[to_json(v) for v in k] for k in keys],
                     # Per kind, so a data-loss assessment can tell removed rows from new ones.
-                    "added_keys": [[to_json(v) for v in k] for k in _sorted_keys(added)[:sample]],
-                    "removed_keys": [[to_json(v) for v in k] for k in _sorted_keys(removed)[:sample]],
-                    "changed_keys": [[to_json(v) for v in k] for k in _sorted_keys(changed)[:sample]],
+                    "added_keys": [[to_json(v) for v in k] for k in sorted_keys(added)[:sample]],
+                    "removed_keys": [[to_json(v) for v in k] for k in sorted_keys(removed)[:sample]],
+                    "changed_keys": [[to_json(v) for v in k] for k in sorted_keys(changed)[:sample]],
                 }
                 if pair.missing:
                     tables[name]["columns_only_in_db"] = pair.missing

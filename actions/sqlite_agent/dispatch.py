@@ -12,7 +12,7 @@ from typing import Any
 
 from .access import op_restore_access, op_restrict_access
 from .backup import op_backup, op_list_backups
-from .base import AGENT_VERSION, OpError, Params, Result, _json_default
+from .base import AGENT_VERSION, OpError, Params, Result, json_default
 from .checks import op_foreign_key_check, op_integrity_check, op_quick_check, op_record_counts
 from .diff import op_diff
 from .governance import op_governance_insert
@@ -135,6 +135,6 @@ def main(argv: list[str]) -> int:
     doc["agent_version"] = AGENT_VERSION
     doc["seconds"] = round(time.monotonic() - started, 3)
     note_finished(op)
-    sys.stdout.write(json.dumps(doc, ensure_ascii=True, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(doc, ensure_ascii=True, default=json_default) + "\n")
     sys.stdout.flush()
     return code

@@ -9,17 +9,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .base import READ_CHUNK, SNAPSHOT_FORMAT, OpError, Result, _json_default
+from .base import READ_CHUNK, SNAPSHOT_FORMAT, OpError, Result, json_default
 
 
-def _has_wal(path: str) -> bool:
+def has_wal(path: str) -> bool:
+    """True when ``path`` has a non-empty ``-wal`` file beside it."""
     try:
         return os.path.getsize(path + "-wal") > 0
     except OSError:
         return False
 
 
-def _fsync_file(path: str) -> None:
+def fsync_file(path: str) -> None:
+    """fsync ``path``'s content to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -27,7 +29,8 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync the directory ``path`` (a rename in it is then durable); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -40,7 +43,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _unlink(path: str) -> bool:
+def unlink_if_present(path: str) -> bool:
+    """Remove ``path``; False when it was not there."""
     try:
         os.unlink(path)
         return True
@@ -48,7 +52,7 @@ def _unlink(path: str) -> bool:
         return False
 
 
-def _publish(partial: str, dest: str) -> None:
+def publish(partial: str, dest: str) -> None:
     """Move ``partial`` to ``dest`` atomically, never replacing an existing ``dest``."""
     try:
         os.link(partial, dest)
@@ -60,19 +64,20 @@ def _publish(partial: str, dest: str) -> None:
         os.rename(partial, dest)
     else:
         os.unlink(partial)
-    _fsync_dir(os.path.dirname(dest))
+    fsync_dir(os.path.dirname(dest))
 
 
-def _write_json_atomic(path: str, doc: Any) -> None:
+def write_json_atomic(path: str, doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path`` through a temporary file, fsynced, then renamed."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1, default=_json_default)
+        json.dump(doc, f, ensure_ascii=False, indent=1, default=json_default)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 def file_sha256(path: str) -> tuple[str, int]:
@@ -91,7 +96,8 @@ def file_sha256(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _load_snapshot(path: str) -> Result:
+def load_snapshot(path: str) -> Result:
+    """The access snapshot at ``path``, checked (kind ``bad_snapshot`` when it is not one)."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -107,7 +113,7 @@ def _load_snapshot(path: str) -> Result:
     return doc
 
 
-class _Background:
+class Background:
     """Runs ``fn(*args)`` in a thread; ``get()`` returns its result or raises its error."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -123,6 +129,7 @@ class _Background:
             self._error = exc
 
     def get(self) -> Any:
+        """Wait for the thread; its result, or raise its error."""
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .base import BLOB_KEY, OpError, Params, Result, _bool, _json_default, _path, _str, from_json, qi
+from .base import BLOB_KEY, OpError, Params, Result, bool_param, from_json, json_default, path_param, qi, str_param
 from .db import connect
 from .schema import TableInfo, resolve_tables
 from .tx import write_transaction
@@ -12,14 +12,14 @@ from .tx import write_transaction
 
 def op_governance_insert(p: Params) -> Result:
     """Insert one governance_logs row with bound values; objects are stored as JSON text."""
-    db = _path(p, "db")
+    db = path_param(p, "db")
     record = p.get("record")
     if not isinstance(record, dict) or not record:
         raise OpError("parameter 'record' must be a non-empty object")
-    if_absent = _bool(p, "if_absent")
+    if_absent = bool_param(p, "if_absent")
     conn = connect(db, "rw")
     try:
-        table = resolve_tables(conn, [_str(p, "table", "governance_logs")])[0]
+        table = resolve_tables(conn, [str_param(p, "table", "governance_logs")])[0]
         info = TableInfo(conn, table)
         cols, values = [], []
         for name, value in record.items():
@@ -27,7 +27,7 @@ def op_governance_insert(p: Params) -> Result:
             if col not in info.writable:
                 raise OpError(f"column {col!r} is generated and cannot be written", "bad_column")
             if isinstance(value, list) or (isinstance(value, dict) and set(value) != {BLOB_KEY}):
-                value = json.dumps(value, ensure_ascii=False, default=_json_default)
+                value = json.dumps(value, ensure_ascii=False, default=json_default)
             elif isinstance(value, bool):
                 value = int(value)
             cols.append(col)

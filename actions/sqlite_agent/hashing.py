@@ -25,10 +25,21 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from .base import HASH_FORMAT, OpError, Params, Result, _bool, _existing, _path, _str, _str_list, qi
-from .checks import _check_messages, _counts
+from .base import (
+    HASH_FORMAT,
+    OpError,
+    Params,
+    Result,
+    bool_param,
+    existing_file,
+    names_param,
+    path_param,
+    qi,
+    str_param,
+)
+from .checks import check_messages, table_counts
 from .db import connect
-from .files import _Background, file_sha256
+from .files import Background, file_sha256
 from .schema import TableInfo, resolve_tables
 from .tx import read_transaction
 
@@ -105,7 +116,7 @@ def content_hash(
 
 def op_content_hash(p: Params) -> Result:
     """Logical content hash: {tables: {name: sha256hex}, total, counts, format}."""
-    return content_hash(_path(p, "db"), _str_list(p, "tables"), immutable=_bool(p, "immutable"))
+    return content_hash(path_param(p, "db"), names_param(p, "tables"), immutable=bool_param(p, "immutable"))
 
 
 def verify_file(
@@ -119,7 +130,7 @@ def verify_file(
     started = time.monotonic()
     # Two balanced lanes: the check and the file hash together cost about what the content
     # hash costs; both release the GIL (SQLite and hashlib), so the lanes overlap.
-    lane = _Background(_check_then_sha256, path, check, immutable, hashed)
+    lane = Background(_check_then_sha256, path, check, immutable, hashed)
     sha_main = None if hashed else file_sha256(path)
     out: Result = {"content_hash": None, "tables": {}, "counts": {}}
     try:
@@ -127,7 +138,7 @@ def verify_file(
             done = content_hash(path, immutable=immutable)
             out.update(content_hash=done["total"], tables=done["tables"], counts=done["counts"])
         else:
-            out["counts"] = _counts(path, None, immutable)
+            out["counts"] = table_counts(path, None, immutable)
     except (sqlite3.DatabaseError, OpError, UnicodeDecodeError) as exc:
         # A damaged schema can hold names that are not UTF-8: unreadable, so not verified.
         out["content_hash_error"] = f"{type(exc).__name__}: {exc}"
@@ -151,19 +162,19 @@ def _check_then_sha256(
     path: str, check: str, immutable: bool, with_sha: bool
 ) -> tuple[list[str], tuple[str, int] | None]:
     """The check's messages, then (when asked) the file's sha256 and size."""
-    messages = _check_messages(path, check, 100, immutable)
+    messages = check_messages(path, check, 100, immutable)
     return messages, file_sha256(path) if with_sha else None
 
 
 def op_verify(p: Params) -> Result:
     """integrity_check + content hash + file sha256 + counts of one database file."""
-    db = _path(p, "db")
-    check = _str(p, "check", "integrity_check")
+    db = path_param(p, "db")
+    check = str_param(p, "check", "integrity_check")
     if check not in ("integrity_check", "quick_check"):
         raise OpError("parameter 'check' must be 'integrity_check' or 'quick_check'")
     return verify_file(
-        _existing(db),
-        immutable=_bool(p, "immutable"),
+        existing_file(db),
+        immutable=bool_param(p, "immutable"),
         check=check,
-        hashed=_bool(p, "content_hash", True),
+        hashed=bool_param(p, "content_hash", True),
     )

@@ -20,17 +20,17 @@ import os
 import sqlite3
 from typing import Any
 
-from .base import OpError, Params, Result, _path, from_json, qi
-from .changes import LEDGER, ChangeLog, _governance_filter, boundary_where, parse_boundary
-from .db import _attach, connect
-from .diff import _diff_keys
-from .files import _load_snapshot
+from .base import OpError, Params, Result, from_json, path_param, qi
+from .changes import LEDGER, ChangeLog, boundary_where, governance_filter, parse_boundary
+from .db import attach, connect
+from .diff import diff_keys
+from .files import load_snapshot
 from .rows import (
     Deployment,
-    _hashable,
     access_overrides,
     change_key,
     changed_columns,
+    hashable,
     ledger_items,
     matches,
     own_condition,
@@ -46,8 +46,8 @@ from .tx import read_transaction
 def _levels(path: str | None, conn: sqlite3.Connection, schema: str) -> tuple[dict[Any, Any], Result] | None:
     if not path or not os.path.exists(path):
         return None
-    doc = _load_snapshot(path)
-    levels = {_hashable(from_json(k, "key")): from_json(v, "level") for k, v in doc["rows"]}
+    doc = load_snapshot(path)
+    levels = {hashable(from_json(k, "key")): from_json(v, "level") for k, v in doc["rows"]}
     levels.update(access_overrides(conn, doc.get("tag"), schema))
     return levels, doc
 
@@ -61,7 +61,7 @@ def _access_rows(conn: sqlite3.Connection, schema: str, info: TableInfo, key: li
     out = {}
     for row in conn.execute(f"SELECT {', '.join(cols)} FROM {qi(schema)}.{qi(info.name)}"):
         row = list(row)
-        h = _hashable(row[akey])
+        h = hashable(row[akey])
         if h in levels:
             row[acol] = levels[h]
         out[tuple(row[i] for i in kpos)] = tuple(row)
@@ -70,7 +70,7 @@ def _access_rows(conn: sqlite3.Connection, schema: str, info: TableInfo, key: li
 
 def op_data_loss(p: Params) -> Result:
     """Per table: rows undone on purpose, legitimate writes gone, rows changed (see module doc)."""
-    after, before = _path(p, "db"), _path(p, "before")
+    after, before = path_param(p, "db"), path_param(p, "before")
     backup = p.get("backup")
     boundary = parse_boundary(p.get("boundary"))
     key_spec = p.get("key_columns") or {}
@@ -79,7 +79,7 @@ def op_data_loss(p: Params) -> Result:
     tables: dict[str, Result] = {}
     why_unknown = None
     try:
-        _attach(conn, before)
+        attach(conn, before)
         with read_transaction(conn):
             log = dep = None
             legit: dict[tuple[str, tuple[Any, ...]], Result] = {}
@@ -173,7 +173,7 @@ def _table_loss(conn: sqlite3.Connection, name: str, mine: dict[str, str], log: 
         added, removed = set(a) - set(b), set(b) - set(a)
         changed = {k for k in set(a) & set(b) if a[k] != b[k]}
     else:
-        added, removed, changed = _diff_keys(conn, name, key, cols)
+        added, removed, changed = diff_keys(conn, name, key, cols)
     diff = added | removed | changed
     out: Result = {"changed": len(diff), "undone": None, "lost": None, "unexplained": 0}
     if dep is None or log is None:
@@ -210,7 +210,7 @@ def _access_rows_one(row: dict[str, Any], info: TableInfo, doc: Result, levels: 
     values = [row[c.lower()] for c in info.columns]
     akey = info.columns.index(info.column(doc["key"]))
     acol = info.columns.index(info.column(doc["column"]))
-    h = _hashable(values[akey])
+    h = hashable(values[akey])
     if h in levels:
         values[acol] = levels[h]
     return values
@@ -247,6 +247,6 @@ def _inside(conn: sqlite3.Connection, log: ChangeLog, boundary: Any, name: str, 
                f"(SELECT max(julianday({t})) FROM other.{qi(log.table)} WHERE {where})")
         found |= {tuple(r) for r in conn.execute(sql, args + args)}
     if isinstance(boundary, dict) and "governance" in boundary:
-        gtable, gargs, gwhere = _governance_filter(conn, boundary["governance"], "other")
+        gtable, gargs, gwhere = governance_filter(conn, boundary["governance"], "other")
         found |= {tuple(r) for r in conn.execute(f"SELECT {kx} FROM {gtable} WHERE {gwhere}", gargs)}
     return found & removed

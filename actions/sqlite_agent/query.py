@@ -6,7 +6,7 @@ import sqlite3
 from contextlib import nullcontext
 from typing import Any
 
-from .base import OpError, Params, Result, _bool, _int, _path, _str, from_json, to_json
+from .base import OpError, Params, Result, bool_param, from_json, int_param, path_param, str_param, to_json
 from .db import connect
 from .tx import write_transaction
 
@@ -29,11 +29,11 @@ def _deny_attach(action: int, *_: Any) -> int:
 
 def op_query(p: Params) -> Result:
     """One SQL statement with bound params: read-only unless write=true (then one transaction)."""
-    db = _path(p, "db")
-    sql = _str(p, "sql")
+    db = path_param(p, "db")
+    sql = str_param(p, "sql")
     bound = _bind(p.get("params"))
-    max_rows = _int(p, "max_rows", 1000, 0)
-    write = _bool(p, "write")
+    max_rows = int_param(p, "max_rows", 1000, 0)
+    write = bool_param(p, "write")
     conn = connect(db, "rw" if write else "ro")
     conn.text_factory = lambda b: b.decode("utf-8", "replace")
     try:

@@ -15,12 +15,12 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import OpError, Params, Result, _int, _path
+from .base import OpError, Params, Result, int_param, path_param
 from .changes import ChangeLog, parse_boundary
 from .db import connect
 from .rows import Deployment, table_key
 from .schema import TableInfo, user_tables
-from .strategies import _undoable
+from .strategies import undoable
 from .tx import read_transaction
 
 STRATEGY_LABELS = {"A": "A: Selective rollback", "B": "B: Transaction rollback", "C": "C: Full database restore"}
@@ -53,7 +53,7 @@ def _summary(counts: dict[str, dict[str, int]]) -> str:
 
 def op_strategy_support(p: Params) -> Result:
     """Which strategies the schema allows (read-only): {strategies, items, mapping, guessed, tables}."""
-    db = _path(p, "db")
+    db = path_param(p, "db")
     boundary = parse_boundary(p.get("boundary"))
     key_spec = p.get("key_columns") or {}
     conn = connect(db, "ro")
@@ -106,7 +106,7 @@ def op_strategy_support(p: Params) -> Result:
                     try:
                         dep = Deployment(conn, log, boundary, key_spec, need_keys=False)
                         cannot = [c for c in dep.changes if c["table"] in dep.no_key
-                                  or (c["table"] in dep.keys and _undoable(dep.infos[c["table"]], c))]
+                                  or (c["table"] in dep.keys and undoable(dep.infos[c["table"]], c))]
                         out["boundary"] = {"changes": len(dep.changes), "counts": _op_counts(dep.changes),
                                            "not_undoable": len(cannot)}
                         if cannot:
@@ -128,9 +128,9 @@ def op_strategy_support(p: Params) -> Result:
 
 def op_change_points(p: Params) -> Result:
     """Deployment boundaries found in the change log, newest first, with what each would undo."""
-    db = _path(p, "db")
-    limit = _int(p, "limit", 10, 1)
-    gap = _int(p, "gap_minutes", 10, 1)
+    db = path_param(p, "db")
+    limit = int_param(p, "limit", 10, 1)
+    gap = int_param(p, "gap_minutes", 10, 1)
     configured = parse_boundary(p.get("boundary"))
     suggest = p.get("suggest_marker")
     key_spec = p.get("key_columns") or {}
@@ -175,7 +175,7 @@ def op_change_points(p: Params) -> Result:
                     continue
                 counts = _op_counts(dep.changes)
                 cannot = sum(1 for c in dep.changes if c["table"] in dep.no_key
-                             or (c["table"] in dep.keys and _undoable(dep.infos[c["table"]], c)))
+                             or (c["table"] in dep.keys and undoable(dep.infos[c["table"]], c)))
                 first, last = dep.changes[0]["time"], dep.changes[-1]["time"]
                 span = f" {first} to {last}" if first is not None else ""
                 point = {

@@ -8,13 +8,13 @@ import sqlite3
 import time
 from typing import Any
 
-from .backup import _snapshot_to
-from .base import JOURNAL_MODES, OpError, Params, Result, _path, _stamp, _str
-from .checks import _check_messages
+from .backup import snapshot_to
+from .base import JOURNAL_MODES, OpError, Params, Result, path_param, str_param, utc_stamp
+from .checks import check_messages
 from .db import connect
-from .files import _Background, _fsync_dir, _fsync_file, _has_wal, _publish, _unlink, file_sha256
+from .files import Background, file_sha256, fsync_dir, fsync_file, has_wal, publish, unlink_if_present
 from .hashing import content_hash, verify_file
-from .schema import _fk_violations
+from .schema import fk_violations
 from .tx import kill_point
 
 
@@ -83,7 +83,7 @@ def _unique_path(folder: str, stem: str, suffix: str) -> str:
 def _copy_live(db: str, folder: str) -> Result:
     """Checkpoint the live db and keep a consistent copy of it as <stem>_corrupted_<UTC>.db."""
     stem = os.path.splitext(os.path.basename(db))[0]
-    dest = _unique_path(folder, f"{stem}_corrupted_{_stamp()}", ".db")
+    dest = _unique_path(folder, f"{stem}_corrupted_{utc_stamp()}", ".db")
     out: Result = {"path": dest}
     conn = connect(db, "rw")
     try:
@@ -92,19 +92,19 @@ def _copy_live(db: str, folder: str) -> Result:
                 out["checkpoint"] = list(
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 )
-            _snapshot_to(conn, dest + ".partial")
+            snapshot_to(conn, dest + ".partial")
             kill_point("restore:live_copy_partial")
-            _publish(dest + ".partial", dest)
+            publish(dest + ".partial", dest)
             out["method"] = "backup_api"
         except sqlite3.DatabaseError as exc:  # too damaged to read: keep the raw files
-            _unlink(dest + ".partial")
+            unlink_if_present(dest + ".partial")
             out["backup_api_error"] = f"{type(exc).__name__}: {exc}"
             shutil.copyfile(db, dest + ".partial")
-            _fsync_file(dest + ".partial")
-            _publish(dest + ".partial", dest)
-            if _has_wal(db):
+            fsync_file(dest + ".partial")
+            publish(dest + ".partial", dest)
+            if has_wal(db):
                 shutil.copyfile(db + "-wal", dest + "-wal")
-                _fsync_file(dest + "-wal")
+                fsync_file(dest + "-wal")
             out["method"] = "raw_copy"
     finally:
         conn.close()
@@ -114,17 +114,17 @@ def _copy_live(db: str, folder: str) -> Result:
 
 def _prepare_temp(backup: str, tmp: str, expected: Result, full: bool) -> Result:
     """Copy the verified backup to ``tmp`` and prove the copy equals it."""
-    _unlink(tmp)
-    if _has_wal(backup):  # committed pages still in its WAL: copy through SQLite
+    unlink_if_present(tmp)
+    if has_wal(backup):  # committed pages still in its WAL: copy through SQLite
         src = connect(backup, "ro")
         try:
-            _snapshot_to(src, tmp)
+            snapshot_to(src, tmp)
         finally:
             src.close()
         full = True
     else:
         shutil.copyfile(backup, tmp)
-        _fsync_file(tmp)
+        fsync_file(tmp)
     kill_point("restore:temp_copy")
     if full:
         checked = verify_file(tmp, immutable=True)
@@ -136,7 +136,7 @@ def _prepare_temp(backup: str, tmp: str, expected: Result, full: bool) -> Result
     sha, _size = file_sha256(tmp)
     if sha != expected["file_sha256"]:
         raise OpError("the copy of the backup differs from the backup", "copy_failed")
-    quick = _check_messages(tmp, "quick_check", 10, True)
+    quick = check_messages(tmp, "quick_check", 10, True)
     if quick != ["ok"]:
         raise OpError("the copy of the backup fails quick_check", "copy_failed", quick)
     return {"method": "sha256", "file_sha256": sha}
@@ -205,14 +205,14 @@ def op_restore(p: Params) -> Result:
     unchanged (a second corrupted copy may be kept), after it the content already matches.
     """
     started = time.monotonic()
-    db = _path(p, "db")
-    backup = _path(p, "backup")
-    folder = _path(p, "corrupted_dir", required=False) or os.path.dirname(db)
+    db = path_param(p, "db")
+    backup = path_param(p, "backup")
+    folder = path_param(p, "corrupted_dir", required=False) or os.path.dirname(db)
     expect = p.get("expect_content_hash")
     if expect is not None and not isinstance(expect, str):
         raise OpError("parameter 'expect_content_hash' must be a hex string or null")
     wanted_mode = _journal_mode_param(p)
-    verify_copy = _str(p, "verify_copy", "sha256")
+    verify_copy = str_param(p, "verify_copy", "sha256")
     if verify_copy not in ("sha256", "full"):
         raise OpError("parameter 'verify_copy' must be 'sha256' or 'full'")
     if not os.path.isfile(backup):
@@ -228,8 +228,8 @@ def op_restore(p: Params) -> Result:
         _refuse_if_held(db)
 
     # (1) verify the backup before touching anything; meanwhile read the live db's state.
-    live_job = _Background(_live_state, db) if live_exists else None
-    checked = verify_file(backup, immutable=not _has_wal(backup))
+    live_job = Background(_live_state, db) if live_exists else None
+    checked = verify_file(backup, immutable=not has_wal(backup))
     live = live_job.get() if live_job else {"journal_mode": None, "content_hash": None}
     if not checked["ok"]:
         raise OpError(
@@ -268,8 +268,8 @@ def op_restore(p: Params) -> Result:
     tmp = os.path.join(os.path.dirname(db), f".{os.path.basename(db)}.restore-{os.getpid()}.tmp")
     for stale in os.listdir(os.path.dirname(db)):
         if stale.startswith(f".{os.path.basename(db)}.restore-") and stale.endswith(".tmp"):
-            _unlink(os.path.join(os.path.dirname(db), stale))
-    copy_job = _Background(_copy_live, db, folder) if live_exists else None
+            unlink_if_present(os.path.join(os.path.dirname(db), stale))
+    copy_job = Background(_copy_live, db, folder) if live_exists else None
     try:
         try:
             out["copy"] = _prepare_temp(backup, tmp, checked, verify_copy == "full")
@@ -287,7 +287,7 @@ def op_restore(p: Params) -> Result:
                 _refuse_if_held(db)
             removed = []
             for suffix in ("-wal", "-shm", "-journal"):
-                if _unlink(db + suffix):
+                if unlink_if_present(db + suffix):
                     removed.append(suffix)
                     kill_point("restore:removed" + suffix)
             os.replace(tmp, db)
@@ -296,9 +296,9 @@ def op_restore(p: Params) -> Result:
             if put_back and os.path.exists(db):
                 _set_journal_mode(db, put_back)  # the live db is as it was
             raise
-        _fsync_dir(os.path.dirname(db))
+        fsync_dir(os.path.dirname(db))
     except BaseException:
-        _unlink(tmp)
+        unlink_if_present(tmp)
         raise
     out["removed"] = [db + s for s in removed]
 
@@ -310,7 +310,7 @@ def op_restore(p: Params) -> Result:
         ).lower()
         kill_point("restore:journal_mode")
         out["quick_check"] = [r[0] for r in conn.execute("PRAGMA quick_check(10)")]
-        out["foreign_key_violations"] = len(_fk_violations(conn))
+        out["foreign_key_violations"] = len(fk_violations(conn))
     finally:
         conn.close()
     out.update(

@@ -12,9 +12,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from .base import OpError, Result, _key_of, _now_iso, from_json, qi, to_json
-from .changes import LEDGER, ChangeLog, _jsonish, boundary_where
-from .files import _load_snapshot
+from .base import OpError, Result, from_json, key_of, now_iso, qi, to_json
+from .changes import LEDGER, ChangeLog, boundary_where, jsonish
+from .files import load_snapshot
 from .schema import TableInfo, resolve_tables, user_tables
 
 # ---------------------------------------------------------------------------- ledger
@@ -44,7 +44,7 @@ def ledger_items(conn: sqlite3.Connection, kind: str, schema: str = "main") -> s
 def ledger_put(conn: sqlite3.Connection, kind: str, items: Iterable[str], tag: Any,
                value: Any = None) -> None:
     """Record items (replacing the value of an existing one)."""
-    now = _now_iso()
+    now = now_iso()
     conn.executemany(
         f"INSERT OR REPLACE INTO {qi(LEDGER)} (kind, item, tag, value, at) VALUES (?, ?, ?, ?, ?)",
         [(kind, item, tag, value, now) for item in items],
@@ -114,7 +114,7 @@ def change_key(change: Result, key: list[str]) -> tuple[Any, ...]:
         raise OpError(f"change {change['id']}: no key for the {change['table']!r} row", "bad_history")
     if len(key) == 1:
         return (from_json(raw, "key"),)
-    parsed = _jsonish(raw)
+    parsed = jsonish(raw)
     if isinstance(parsed, list) and len(parsed) == len(key):
         return tuple(from_json(v, "key") for v in parsed)
     raise OpError(f"change {change['id']}: key {raw!r} is not a JSON array of {len(key)} values "
@@ -197,7 +197,7 @@ class AccessOverlay:
             raise OpError("access.snapshot must be the restriction's snapshot path")
         if not os.path.exists(path):
             return  # never restricted: nothing to lift
-        doc = _load_snapshot(path)
+        doc = load_snapshot(path)
         self.table = resolve_tables(conn, [doc["table"]])[0]
         info = TableInfo(conn, self.table)
         self.key, self.column = info.column(doc["key"], "key column"), info.column(doc["column"])
@@ -207,7 +207,7 @@ class AccessOverlay:
         self.tag = doc.get("tag")
         self.real: dict[Any, Any] = {}
         for raw_key, raw_level in doc["rows"]:
-            self.real[_hashable(from_json(raw_key, "key"))] = from_json(raw_level, "level")
+            self.real[hashable(from_json(raw_key, "key"))] = from_json(raw_level, "level")
         self.overrides = access_overrides(conn, self.tag)
         self.real.update(self.overrides)
         self.active = True
@@ -228,7 +228,7 @@ class AccessOverlay:
         t, k, c, r = qi(self.table), qi(self.key), qi(self.column), qi(self.role)
         changed = []
         for key, level in self.conn.execute(f"SELECT {k}, {c} FROM {t}").fetchall():
-            h = _hashable(key)
+            h = hashable(key)
             if h not in self.real or not same_value(self.real[h], level):
                 changed.append((h, level))
         if changed:
@@ -243,8 +243,9 @@ class AccessOverlay:
         return len(changed)
 
 
-def _hashable(value: Any) -> Any:
-    return _key_of(value)
+def hashable(value: Any) -> Any:
+    """A key value as a dict key (see ``key_of``)."""
+    return key_of(value)
 
 
 def _unhash(value: Any) -> Any:
@@ -259,7 +260,7 @@ def access_overrides(conn: sqlite3.Connection, tag: Any, schema: str = "main") -
     sql = f"SELECT item, value FROM {qi(schema)}.{qi(LEDGER)} WHERE kind = 'access' AND tag IS ?"
     for item, value in conn.execute(sql, (tag,)):
         key = from_json(json.loads(item)[1], "key")
-        out[_hashable(key)] = from_json(json.loads(value), "level")
+        out[hashable(key)] = from_json(json.loads(value), "level")
     return out
 
 

@@ -89,14 +89,16 @@ class TableInfo:
         )
 
 
-def _fk_violations(conn: sqlite3.Connection, schema: str = "main") -> list[dict[str, Any]]:
+def fk_violations(conn: sqlite3.Connection, schema: str = "main") -> list[dict[str, Any]]:
+    """PRAGMA foreign_key_check of ``schema`` as [{table, rowid, parent, fkid}]."""
     rows = conn.execute(f"PRAGMA {qi(schema)}.foreign_key_check").fetchall()
     return [{"table": r[0], "rowid": r[1], "parent": r[2], "fkid": r[3]} for r in rows]
 
 
-def _fk_guard(conn: sqlite3.Connection, before: list[dict[str, Any]], allow: bool) -> int:
+def fk_guard(conn: sqlite3.Connection, before: list[dict[str, Any]], allow: bool) -> int:
+    """Count violations not in ``before``; refuse (kind ``fk_violation``) unless ``allow``."""
     seen = {tuple(v.values()) for v in before}
-    new = [v for v in _fk_violations(conn) if tuple(v.values()) not in seen]
+    new = [v for v in fk_violations(conn) if tuple(v.values()) not in seen]
     if new and not allow:
         raise OpError(
             f"the change would add {len(new)} foreign key violation(s); rolled back",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .base import OpError, Params, Result, _bool, _path, _str_list, from_json, qi
-from .db import _attach, connect
-from .diff import _Pair, _sorted_keys
-from .schema import _fk_guard, _fk_violations, resolve_tables, user_tables
+from .base import OpError, Params, Result, bool_param, from_json, names_param, path_param, qi
+from .db import attach, connect
+from .diff import TablePair, sorted_keys
+from .schema import fk_guard, fk_violations, resolve_tables, user_tables
 from .strategies import selective_by_log
 from .tx import write_transaction
 
@@ -18,8 +18,8 @@ def op_selective_restore(p: Params) -> Result:
     ``boundary``; see ``strategies``), or chosen keys, or every differing row of ``tables``."""
     if p.get("boundary") is not None:
         return selective_by_log(p)
-    db, backup = _path(p, "db"), _path(p, "backup")
-    requested = _str_list(p, "tables")
+    db, backup = path_param(p, "db"), path_param(p, "backup")
+    requested = names_param(p, "tables")
     if not requested:
         raise OpError("parameter 'tables' must name at least one table")
     keys_by_table = p.get("keys")
@@ -28,24 +28,24 @@ def op_selective_restore(p: Params) -> Result:
         raise OpError("parameter 'keys' must be an object {table: [key, ...]} or null")
     if not isinstance(key_spec, dict):
         raise OpError("parameter 'key_columns' must be an object or null")
-    allow_fk = _bool(p, "allow_fk_violations")
+    allow_fk = bool_param(p, "allow_fk_violations")
     conn = connect(db, "rw")
     try:
-        _attach(conn, backup)
+        attach(conn, backup)
         tables = resolve_tables(conn, requested)
         in_backup = {t.lower() for t in user_tables(conn, "other")}
         for table in tables:
             if table.lower() not in in_backup:
                 raise OpError(f"table {table!r} is not in the backup {backup}", "bad_table")
         with write_transaction(conn):
-            fk_before = _fk_violations(conn)
+            fk_before = fk_violations(conn)
             report: Result = {}
             for table in tables:
                 report[table] = _restore_rows(
                     conn, table, (keys_by_table or {}).get(table), key_spec.get(table),
                     explicit=keys_by_table is not None,
                 )
-            new_fk = _fk_guard(conn, fk_before, allow_fk)
+            new_fk = fk_guard(conn, fk_before, allow_fk)
     finally:
         conn.close()
     return {"tables": report, "new_fk_violations": new_fk}
@@ -54,7 +54,7 @@ def op_selective_restore(p: Params) -> Result:
 def _restore_rows(
     conn: sqlite3.Connection, table: str, keys: Any, key_spec: Any, *, explicit: bool
 ) -> Result:
-    pair = _Pair(conn, table, key_spec)
+    pair = TablePair(conn, table, key_spec)
     info, key = pair.info, pair.key
     if explicit:
         if not isinstance(keys, list):
@@ -67,7 +67,7 @@ def _restore_rows(
             wanted.append(tuple(from_json(v, f"keys[{table!r}][{i}]") for v in values))
     else:
         added, removed, changed = pair.diff(conn)
-        wanted = _sorted_keys(added | removed | changed)
+        wanted = sorted_keys(added | removed | changed)
     kcols = [f"k{i}" for i in range(len(key))]
     conn.execute("DROP TABLE IF EXISTS temp._rb_keys")
     conn.execute(f"CREATE TEMP TABLE _rb_keys ({', '.join(kcols)})")

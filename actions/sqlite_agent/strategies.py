@@ -30,9 +30,9 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import OpError, Params, Result, _bool, _path, from_json, qi, to_json
+from .base import OpError, Params, Result, bool_param, from_json, path_param, qi, to_json
 from .changes import ChangeLog, parse_boundary
-from .db import _attach, connect
+from .db import attach, connect
 from .rows import (
     AccessOverlay,
     Deployment,
@@ -47,12 +47,12 @@ from .rows import (
     matches,
     read_row,
 )
-from .schema import TableInfo, _fk_guard, _fk_violations, resolve_tables, user_tables
+from .schema import TableInfo, fk_guard, fk_violations, resolve_tables, user_tables
 from .tx import write_transaction
 
 
 def _common(p: Params) -> tuple[str, Any, dict[str, Any] | None, Any]:
-    db = _path(p, "db")
+    db = path_param(p, "db")
     boundary = parse_boundary(p.get("boundary"))
     key_spec = p.get("key_columns") or {}
     if not isinstance(key_spec, dict):
@@ -91,7 +91,7 @@ def _conflict(change: Result, why: str) -> Result:
 # ---------------------------------------------------------------------------- strategy B
 
 
-def _undoable(info: TableInfo, change: Result) -> str | None:
+def undoable(info: TableInfo, change: Result) -> str | None:
     """Why the log cannot undo this change, or None."""
     if change["op"] == "UPDATE" and not change["old"]:
         return "an UPDATE without old values"
@@ -156,7 +156,7 @@ def op_transaction_rollback(p: Params) -> Result:
     if on_conflict not in ("keep", "stop"):
         raise OpError("parameter 'on_conflict' must be 'keep' or 'stop'")
     take = {str(t.get("id") if isinstance(t, dict) else t) for t in take_param(p.get("take"))}
-    force_all = _bool(p, "ignore_drift")
+    force_all = bool_param(p, "ignore_drift")
     tag = p.get("tag")
     conn = connect(db, "rw")
     try:
@@ -169,7 +169,7 @@ def op_transaction_rollback(p: Params) -> Result:
             todo = [c for c in reversed(dep.changes) if log_item(log, c["id"]) not in done]
             before_max = log_max(conn, log)
             access.lift()
-            fk_before = _fk_violations(conn)
+            fk_before = fk_violations(conn)
             by_table: dict[str, dict[str, int]] = {}
             rows: dict[str, set[str]] = {}
             conflicts: list[Result] = []
@@ -184,7 +184,7 @@ def op_transaction_rollback(p: Params) -> Result:
                     continue
                 info, key = dep.infos[table], dep.keys[table]
                 ident = (table, change["key"])
-                why = _undoable(info, change)
+                why = undoable(info, change)
                 if why:
                     not_undoable.append(_conflict(change, why))
                     blocked.add(ident)
@@ -209,7 +209,7 @@ def op_transaction_rollback(p: Params) -> Result:
                 ledger_ensure(conn)
                 ledger_put(conn, "undo", [log_item(log, c["id"]) for c in undone], tag)
             access.settle()
-            new_fk = _fk_guard(conn, fk_before, _bool(p, "allow_fk_violations"))
+            new_fk = fk_guard(conn, fk_before, bool_param(p, "allow_fk_violations"))
     finally:
         conn.close()
     return {
@@ -243,7 +243,7 @@ def selective_by_log(p: Params) -> Result:
     if boundary is None:
         raise OpError("strategy A needs the deployment's boundary (pick a point, or set the target's "
                       "boundary)", "bad_boundary")
-    backup = _path(p, "backup")
+    backup = path_param(p, "backup")
     tag = p.get("tag")
     take = set()
     for t in take_param(p.get("take")):  # [table, key...] or a conflict as listed: {table, key}
@@ -254,7 +254,7 @@ def selective_by_log(p: Params) -> Result:
     wanted = p.get("tables")
     conn = connect(db, "rw")
     try:
-        _attach(conn, backup)
+        attach(conn, backup)
         log = ChangeLog(conn, spec)
         log.need("strategy A", "table_column")
         with write_transaction(conn):
@@ -269,7 +269,7 @@ def selective_by_log(p: Params) -> Result:
             done = ledger_items(conn, "restored")
             before_max = log_max(conn, log)
             access.lift()
-            fk_before = _fk_violations(conn)
+            fk_before = fk_violations(conn)
             report: dict[str, Result] = {}
             conflicts: list[Result] = []
             restored: list[str] = []
@@ -313,7 +313,7 @@ def selective_by_log(p: Params) -> Result:
                 ledger_ensure(conn)
                 ledger_put(conn, "restored", restored, tag)
             access.settle()
-            new_fk = _fk_guard(conn, fk_before, _bool(p, "allow_fk_violations"))
+            new_fk = fk_guard(conn, fk_before, bool_param(p, "allow_fk_violations"))
     finally:
         conn.close()
     return {"tables": report, "conflicts": conflicts, "conflict_count": len(conflicts), "restored": len(restored),

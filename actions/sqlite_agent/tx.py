@@ -35,10 +35,12 @@ class _KillHook:
         self.count = 0
 
     def note(self, line: str) -> None:
+        """Append ``line`` to the hook's log, with this process's id."""
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(f"{os.getpid()} {line}\n")
 
     def point(self, name: str) -> int:
+        """Count one write point; at the chosen one, kill this process (or hold it)."""
         self.count += 1
         if self.count == self.at:
             self.note(f"{'held' if self.hold else 'killed'} {self.count} {name}")
@@ -52,6 +54,7 @@ _HOOK = _KillHook(os.environ[KILL_HOOK_ENV]) if os.environ.get(KILL_HOOK_ENV) el
 
 
 def kill_point(name: str) -> None:
+    """A write point of the kill hook (nothing without it)."""
     if _HOOK is not None:
         _HOOK.point(name)
 
