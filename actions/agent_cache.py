@@ -12,8 +12,9 @@ own text before importing them (a file changed on the target, a directory other 
 write, or a missing install all answer ``kind: agent_missing``, having run nothing). Then
 ``run_agent`` sends the bundle once (on stdin, to an installer that checks the same sha256,
 writes a private temporary directory and renames it into place) and runs the operation
-again. A target where nothing can be installed (no writable cache) gets the whole source
-with each operation, as before; that is logged once per transport.
+again. A target where nothing can be installed (no writable cache) gets the whole bundle
+with each operation (``inline_source``, its modules imported from memory); that is logged
+once per transport.
 
 The bytes each transport was sent and how often the bundle went are counted per transport
 (``shipping(transport)``), so tests and benchmarks can show the agent crossed the wire once.
@@ -27,6 +28,7 @@ import json
 import logging
 import shlex
 import weakref
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,6 +120,24 @@ _INSTALL = (
 )
 
 
+# Runs the bundle from memory: an import hook serves its modules (``M``: {name: [file, source,
+# is_package]}), so the package's relative imports work as they do installed.
+_INLINE = (
+    "import base64,importlib.abc,importlib.util,json,sys,zlib\n"
+    "M=json.loads(zlib.decompress(base64.b64decode('{packed}')))\n"
+    "class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+    " def find_spec(self,name,path=None,target=None):\n"
+    "  f=M.get(name)\n"
+    "  return None if f is None else importlib.util.spec_from_loader(name,self,origin=f[0],is_package=f[2])\n"
+    " def create_module(self,spec):return None\n"
+    " def exec_module(self,module):\n"
+    "  f=M[module.__name__];exec(compile(f[1],f[0],'exec'),module.__dict__)\n"
+    "sys.meta_path.insert(0,L())\n"
+    "import {package} as A\n"
+    "sys.exit(A.main(sys.argv[1:]))\n"
+)
+
+
 def _head(sha: str, names: list[str], agent_dir: str) -> str:
     dirs = sorted({n.rsplit("/", 1)[0] for n in names if "/" in n})
     return _DIR.format(dir=agent_dir, sha=sha, names=names, dirs=dirs)
@@ -132,6 +152,18 @@ def bootstrap_source(sha: str, names: list[str], agent_dir: str = DEFAULT_DIR) -
 def install_source(sha: str, names: list[str], agent_dir: str = DEFAULT_DIR) -> str:
     """The ``-c`` text that installs the bundle read from stdin (JSON of base64 files)."""
     return _head(sha, names, agent_dir) + _INSTALL.format(sha=sha)
+
+
+def inline_source(files: Bundle) -> str:
+    """The ``-c`` text that carries the whole bundle, zlib-compressed in base64, and runs it
+    with nothing written on the target (where nothing can be installed)."""
+    modules: dict[str, list[object]] = {}
+    for name, data in files:
+        stem = name.removesuffix(".py").replace("/", ".")
+        is_package = stem.endswith(".__init__")
+        modules[stem.removesuffix(".__init__")] = [f"<rollback-bot-agent>/{name}", data.decode("utf-8"), is_package]
+    packed = base64.b64encode(zlib.compress(json.dumps(modules).encode("ascii"), 9)).decode("ascii")
+    return _INLINE.format(packed=packed, package=PACKAGE)
 
 
 @dataclass

@@ -88,7 +88,6 @@ import base64
 import functools
 import json
 import shlex
-import zlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -175,35 +174,11 @@ def agent_source() -> str:
     return "".join(data.decode("utf-8") for _, data in agent_bundle())
 
 
-#: Runs the agent from the modules in ``M`` ({name: [file, source, is_package]}) with no
-#: file written: an import hook serves them, so the package's relative imports work as installed.
-_LOADER = (
-    "import base64,importlib.abc,importlib.util,json,sys,zlib\n"
-    "M=json.loads(zlib.decompress(base64.b64decode('{packed}')))\n"
-    "class L(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
-    " def find_spec(self,name,path=None,target=None):\n"
-    "  f=M.get(name)\n"
-    "  return None if f is None else importlib.util.spec_from_loader(name,self,origin=f[0],is_package=f[2])\n"
-    " def create_module(self,spec):return None\n"
-    " def exec_module(self,module):\n"
-    "  f=M[module.__name__];exec(compile(f[1],f[0],'exec'),module.__dict__)\n"
-    "sys.meta_path.insert(0,L())\n"
-    "import {package} as A\n"
-    "sys.exit(A.main(sys.argv[1:]))\n"
-)
-
-
 @functools.cache
 def agent_loader() -> str:
-    """The ``-c`` program that carries the whole agent (a target with no writable cache): its
-    modules zlib-compressed in base64 (a third of their size, far below the command limit)."""
-    modules: dict[str, list[Any]] = {}
-    for name, data in agent_bundle():
-        stem = name.removesuffix(".py").replace("/", ".")
-        package = stem.endswith(".__init__")
-        modules[stem.removesuffix(".__init__")] = [f"<rollback-bot-agent>/{name}", data.decode("utf-8"), package]
-    packed = base64.b64encode(zlib.compress(json.dumps(modules).encode("ascii"), 9)).decode("ascii")
-    return _LOADER.format(packed=packed, package=agent_cache.PACKAGE)
+    """The ``-c`` program that carries the whole agent, for a target with no writable cache
+    (``agent_cache.inline_source``: compressed, a third of its size, far below the command limit)."""
+    return agent_cache.inline_source(agent_bundle())
 
 
 def agent_sha256() -> str:
