@@ -300,7 +300,8 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
 
 async def test_each_request_is_carried_out_once_among_several_pollers(tmp_path: Path) -> None:
     from bot.core.approvals import DEFAULT_POLICY
-    from bot.state.control import ControlPoller, Executor, list_requests, submit
+    from bot.state.control import ControlPoller, Executor
+    from bot.state.control_queue import list_requests, submit
     from bot.state.store import Store
 
     store = await Store.open(str(tmp_path / "state.db"))

@@ -148,7 +148,7 @@ async def _waiting(store: Store, runbook: Runbook, policy: ApprovalPolicy, inc: 
 
 async def incident_detail(store: Store, runbook: Runbook, policy: ApprovalPolicy, incident_id: str) -> dict[str, Any]:
     """Everything ``incident show`` prints, as JSON-ready data."""
-    from bot.state.control import list_requests
+    from bot.state.control_queue import list_requests
 
     try:
         inc = await store.incident(incident_id)
@@ -272,8 +272,8 @@ async def act(args: argparse.Namespace, settings: Settings, store: Store, runboo
         local_identity,
         offline_roles,
         run_request,
-        submit,
     )
+    from bot.state.control_queue import submit
 
     config = settings.config
     account, operator = local_identity()

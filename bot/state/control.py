@@ -12,10 +12,10 @@ Every request is journaled (``control_request``, with the operator's local ident
 and the Slack id acted as) before its effect, so the audit chain holds it, refused or not.
 """
 
+
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import pwd
@@ -24,24 +24,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-
 from bot.core.approvals import ApprovalPolicy
 from bot.core.config import INCIDENT_COMMANDER, BotConfig, RoleMembers
 from bot.core.engine import AnswerRefused, Engine
 from bot.core.lifecycle import FINAL, StepStatus
 from bot.core.roles import RoleDirectory, RoleLookupFailed
 from bot.core.runbook import ApprovalStep
-from bot.state.store import Store, control_pollers, control_requests, utcnow
+from bot.state.control_queue import (
+    ControlRequest,
+    alive,
+    beat,
+    claim,
+    get,
+    gone,
+    list_requests,
+    move,
+    settled,
+)
+from bot.state.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
 #: How often a serving bot looks for requests (the thread follows within a second).
 POLL_SECONDS = 0.2
-#: How often it notes that it is alive, and how old a note may be to count as alive.
+#: How often it notes that it is alive (``bot.state.control_queue.ALIVE_SECONDS``: how old a note may be).
 BEAT_SECONDS = 1.0
-ALIVE_SECONDS = 5.0
 
 RolesOf = Callable[[str], Awaitable[list[str]]]
 Kick = Callable[[str], Any]
@@ -50,32 +57,6 @@ Kick = Callable[[str], Any]
 class ControlRefused(Exception):
     """A control request that is not allowed or does not fit; nothing changed."""
 
-
-@dataclass
-class ControlRequest:
-    """One row of ``control_requests``."""
-
-    id: int
-    incident_id: str
-    action: str
-    step_id: str | None
-    value: str | None
-    reason: str | None
-    actor: str
-    operator: str
-    status: str
-    claimed_by: str | None
-    result: str | None
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
-
-
-def _request(row: sa.Row[Any]) -> ControlRequest:
-    d = dict(row._mapping)
-    for key in ("created_at", "finished_at"):
-        if isinstance(d[key], dt.datetime) and d[key].tzinfo is None:
-            d[key] = d[key].replace(tzinfo=dt.UTC)  # SQLite hands datetimes back naive (stored as UTC)
-    return ControlRequest(**d)
 
 
 # ---------------------------------------------------------------- who acts
@@ -124,77 +105,6 @@ def offline_roles(roles: dict[str, RoleMembers], directory: RoleDirectory | None
     return roles_of
 
 
-# ---------------------------------------------------------------- the queue
-
-
-async def submit(store: Store, *, incident_id: str, action: str, actor: str, operator: str,
-                 step_id: str | None = None, value: str | None = None, reason: str | None = None) -> int:
-    """Queue a request; returns its id."""
-    async with store.engine.begin() as conn:
-        res = await conn.execute(control_requests.insert().values(
-            incident_id=incident_id, action=action, step_id=step_id, value=value, reason=reason,
-            actor=actor, operator=operator, status="pending", created_at=utcnow()))
-        return int(res.inserted_primary_key[0]) if res.inserted_primary_key else 0
-
-
-async def get(store: Store, request_id: int) -> ControlRequest:
-    """One request by id."""
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(sa.select(control_requests).where(control_requests.c.id == request_id))).one()
-    return _request(row)
-
-
-async def list_requests(store: Store, *, incident_id: str | None = None,
-                   statuses: tuple[str, ...] | None = None) -> list[ControlRequest]:
-    """Requests, oldest first (of one incident, in some statuses)."""
-    q = sa.select(control_requests).order_by(control_requests.c.id)
-    if incident_id is not None:
-        q = q.where(control_requests.c.incident_id == incident_id)
-    if statuses is not None:
-        q = q.where(control_requests.c.status.in_(statuses))
-    async with store.engine.connect() as conn:
-        return [_request(r) for r in (await conn.execute(q)).all()]
-
-
-async def _move(store: Store, request_id: int, old: str, new: str, **values: Any) -> bool:
-    """Move a request from ``old`` to ``new``; False when another process moved it first."""
-    async with store.engine.begin() as conn:
-        res = await conn.execute(control_requests.update().where(
-            control_requests.c.id == request_id, control_requests.c.status == old).values(status=new, **values))
-    return bool(res.rowcount == 1)
-
-
-async def claim(store: Store, request_id: int, *, by: str) -> bool:
-    """Take a pending request; exactly one process succeeds."""
-    return await _move(store, request_id, "pending", "claimed", claimed_by=by)
-
-
-async def alive(store: Store, *, within: float = ALIVE_SECONDS) -> list[str]:
-    """Names of the processes that polled for requests lately."""
-    since = utcnow() - dt.timedelta(seconds=within)
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(control_pollers.c.name).where(control_pollers.c.beat_at >= since))).all()
-    return [r.name for r in rows]
-
-
-async def beat(store: Store, name: str) -> None:
-    """Note that ``name`` polls for requests now."""
-    now = utcnow()
-    async with store.engine.begin() as conn:
-        res = await conn.execute(control_pollers.update().where(control_pollers.c.name == name).values(beat_at=now))
-        if res.rowcount == 0:
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(control_pollers.insert().values(name=name, beat_at=now))
-            except IntegrityError:
-                pass
-
-
-async def gone(store: Store, name: str) -> None:
-    """Forget ``name``'s liveness note (a clean stop)."""
-    async with store.engine.begin() as conn:
-        await conn.execute(control_pollers.delete().where(control_pollers.c.name == name))
-
 
 # ---------------------------------------------------------------- carrying a request out
 
@@ -221,6 +131,11 @@ class Executor:
         except ControlRefused as exc:
             await self._journal(req, "control_refused", {"why": str(exc)})
             return "refused", str(exc)
+
+    async def carry_out(self, req: ControlRequest) -> None:
+        """Execute a request this process claimed, and finish it with the result."""
+        status, message = await self.execute(req)
+        await move(self.store, req.id, "claimed", status, result=message, finished_at=utcnow())
 
     async def _journal(self, req: ControlRequest, kind: str, extra: dict[str, Any]) -> None:
         data = {"request": req.id, "action": req.action, "operator": req.operator, "via": "cli",
@@ -365,10 +280,9 @@ class ControlPoller:
         handled = 0
         for req in await list_requests(self.store, statuses=("pending", "applied")):
             if req.status == "pending" and await claim(self.store, req.id, by=self.name):
-                status, message = await self.executor.execute(req)
-                await _move(self.store, req.id, "claimed", status, result=message, finished_at=utcnow())
+                await self.executor.carry_out(req)
                 handled += 1
-            elif req.status == "applied" and await _move(self.store, req.id, "applied", "resumed",
+            elif req.status == "applied" and await move(self.store, req.id, "applied", "resumed",
                                                          claimed_by=self.name):
                 await self._resume(req)
                 handled += 1
@@ -391,23 +305,10 @@ class ControlPoller:
 async def run_request(store: Store, executor: Executor, request_id: int, *, wait: float, by: str) -> ControlRequest:
     """The command's side: let a serving bot take the request (up to ``wait`` seconds when one
     is alive); if none took it, claim it and apply it to the store."""
-    loop = asyncio.get_running_loop()
-    if await alive(store):
-        deadline = loop.time() + wait
-        while loop.time() < deadline:
-            req = await get(store, request_id)
-            if req.status not in ("pending", "claimed"):
-                return req
-            await asyncio.sleep(0.05)
+    if await alive(store) and (req := await settled(store, request_id, wait)) is not None:
+        return req
     if await claim(store, request_id, by=by):
-        status, message = await executor.execute(await get(store, request_id))
-        await _move(store, request_id, "claimed", status, result=message, finished_at=utcnow())
+        await executor.carry_out(await get(store, request_id))
         return await get(store, request_id)
     # A bot claimed it meanwhile: wait for its result.
-    deadline = loop.time() + max(wait, 5.0)
-    while loop.time() < deadline:
-        req = await get(store, request_id)
-        if req.status not in ("pending", "claimed"):
-            return req
-        await asyncio.sleep(0.05)
-    return await get(store, request_id)
+    return await settled(store, request_id, max(wait, 5.0)) or await get(store, request_id)
