@@ -201,7 +201,7 @@ async def _series_tick(rt: ClockBase, incident_id: str, run_id: int) -> None:
         if not result.ok and consecutive_failures(checks) > plan.failures_allowed:
             await _fail(rt, incident_id, run_id, plan, checks, nxt, result.reason)
             return
-        await rt.changed(incident_id)  # the watch's message stays quiet until it ends (see clock_view)
+        await rt.changed(incident_id)  # the watch's message stays quiet until it ends (see bot.clock.view)
 
 
 

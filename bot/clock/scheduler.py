@@ -2,7 +2,7 @@
 
 Every job is keyed ``<incident id>:<purpose>`` and added with ``replace_existing``, so a
 job is replaced, never doubled. Job functions are module-level coroutines (see
-``bot.clock_jobs``) whose arguments are ids only: they pickle, and the job finds the
+``bot.clock.jobs``) whose arguments are ids only: they pickle, and the job finds the
 live bot through ``current_runtime()``.
 
 Two settings are deliberate: ``misfire_grace_time=None`` (a job that fell while the

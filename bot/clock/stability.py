@@ -8,7 +8,7 @@ check). A series fails when more checks in a row fail than the settings allow.
 
 This module holds the pure parts: settings, the plan of a series, one check, the
 judgment, the summary figures (availability, error rate, p50/p95 latency) and the
-latency sparkline. Running a series on a schedule is ``bot.clock_jobs``.
+latency sparkline. Running a series on a schedule is ``bot.clock.jobs``.
 """
 
 from __future__ import annotations
