@@ -96,7 +96,7 @@ async def bot(tmp_path: Path, sshd_target: SshdTarget) -> AsyncIterator[Bot]:
 
 
 async def _open_and_approve(bot: Bot) -> None:
-    inc = await start_incident(fake=bot.fake, driver=bot.driver, services=bot.slack.services, channel=CH,
+    inc = await start_incident(fake=bot.fake, driver=bot.driver, services=bot.services, channel=CH,
                                target="sandbox", requester=REQ, idle_timeout=180)
     bot.incident_id = inc.id
     for user in (LEAD, PO):
@@ -110,7 +110,7 @@ async def _abort_from_slack(bot: Bot, reason: str) -> None:
 
 def _abort_when_started(bot: Bot, step_id: str, reason: str) -> Callable[[], bool]:
     """Type ``/rollback abort`` the moment ``step_id`` starts (while it runs); True once it did."""
-    engine = bot.slack.services.engine
+    engine = bot.services.engine
     inner = engine.on_change
     assert inner is not None
     fired: list[bool] = []
@@ -133,7 +133,7 @@ def _abort_when_started(bot: Bot, step_id: str, reason: str) -> Callable[[], boo
 
 
 async def _target_state(bot: Bot) -> dict[str, Any]:
-    t = bot.slack.services.targets["sandbox"]
+    t = bot.services.targets["sandbox"]
     env = await t.transport.run(f"cat -- {shlex.quote(t.settings.env_file)}", timeout=10, cwd=t.settings.workdir)
     levels = {str(u): lvl for u, lvl in await bot.query("SELECT user_id, access_level FROM user_permissions")}
     async with httpx.AsyncClient() as client:
@@ -150,7 +150,7 @@ async def _target_state(bot: Bot) -> dict[str, Any]:
 
 
 async def _final_statement(bot: Bot) -> str:
-    inc = await bot.slack.services.store.incident(bot.incident_id)
+    inc = await bot.services.store.incident(bot.incident_id)
     assert inc.status is Status.ABORTED, inc.status
     thread = bot.fake.thread(CH, inc.thread_ts)
     end = [m for m in thread if m.reply_broadcast and "aborted" in m.text]
@@ -175,7 +175,7 @@ async def test_abort_before_maintenance(bot: Bot) -> None:
         assert [s for s, _ in state["governance"]] == [0]
         outcome = state["governance"][0][1]["outcome"]
         assert outcome["status"] == "aborted" and outcome["reason"] == "wrong target after all"
-        runs = await bot.slack.services.store.latest_runs(bot.incident_id)
+        runs = await bot.services.store.latest_runs(bot.incident_id)
         assert "maintenance_on" not in runs and runs["maintenance_choice"].status is StepStatus.SKIPPED
         text = await _final_statement(bot)
         assert "Production is now:* maintenance mode off; access levels (level users): " in text
@@ -187,13 +187,13 @@ async def test_abort_before_maintenance(bot: Bot) -> None:
 async def test_abort_after_restriction_turns_maintenance_off(bot: Bot) -> None:
     async def body() -> None:
         await _open_and_approve(bot)
-        w = await bot.slack.services.engine.waiting_for(bot.incident_id)
+        w = await bot.services.engine.waiting_for(bot.incident_id)
         assert w is not None and w.step_id == "strategy"
         before = await _target_state(bot)
         assert before["maintenance"] and not before["access_restored"] and before["health"] == 503
         await _abort_from_slack(bot, "the deploy was fine")
         await bot.idle()
-        assert (await bot.slack.services.store.incident(bot.incident_id)).status is Status.COMPENSATING
+        assert (await bot.services.store.incident(bot.incident_id)).status is Status.COMPENSATING
         await bot.press("Turn maintenance off")
         state = await _target_state(bot)
         assert state["maintenance"] is False and state["access_restored"] and state["health"] == 200
@@ -213,11 +213,11 @@ async def test_abort_after_restore_keeps_maintenance_on(bot: Bot) -> None:
         await _open_and_approve(bot)
         await bot.press("C: Full database restore")
         await bot.press(bot.sandbox.backup_path.name)
-        inc = await bot.slack.services.store.incident(bot.incident_id)
+        inc = await bot.services.store.incident(bot.incident_id)
         point = next(b.text for b in bot.fake.buttons(CH, inc.thread_ts) if b.text.startswith("configured boundary"))
         await bot.press(point)  # the deployment the data-loss figures are about
         assert fired()
-        runs = await bot.slack.services.store.latest_runs(bot.incident_id)
+        runs = await bot.services.store.latest_runs(bot.incident_id)
         assert runs["full_restore"].status is StepStatus.DONE and "start_app" not in runs
         await bot.press("Keep maintenance on")
         state = await _target_state(bot)
@@ -227,7 +227,7 @@ async def test_abort_after_restore_keeps_maintenance_on(bot: Bot) -> None:
             chosen = {str(u): lvl for u, lvl in conn.execute("SELECT user_id, access_level FROM user_permissions")}
         assert state["maintenance"] is True and state["levels"] == chosen and state["health"] == 503
         assert [s for s, _ in state["governance"]] == [0]
-        runs = await bot.slack.services.store.latest_runs(bot.incident_id)
+        runs = await bot.services.store.latest_runs(bot.incident_id)
         assert runs["start_app_after_stop"].status is StepStatus.DONE
         text = await _final_statement(bot)
         assert "maintenance mode ON" in text and "application /health answers HTTP 503" in text

@@ -207,11 +207,11 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
             inc1, root1 = await bot.open_incident("t1", "first: the deploy broke")
             inc2, root2 = await bot.open_incident("t2", "second: the deploy broke too")
             await _until(lambda: bot.question(root1, "Which variant?") is not None, "the choice was asked")
-            code, out, err = await bot.cli.main("incidents", "--json", process=True)
+            code, out, err = await bot.cli("incidents", "--json", process=True)
             assert code == 0, err
             listed = {r["id"]: r for r in json.loads(out)}
             assert listed[inc1]["status"] == "waiting" and listed[inc1]["waiting"] == "choice at pick"
-            code, out, _ = await bot.cli.main("incidents")
+            code, out, _ = await bot.cli("incidents")
             assert inc1 in out and "waiting for choice at pick" in out
 
             detail = await bot.show(inc1)
@@ -219,17 +219,17 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
             assert [o["value"] for o in detail["waiting"]["options"]] == ["A", "B"]
             work = next(p for p in detail["phases"] if p["id"] == "work")
             assert [s["status"] for s in work["steps"]][:2] == ["done", "waiting"]
-            code, text, _ = await bot.cli.main("incident", "show", inc1)
+            code, text, _ = await bot.cli("incident", "show", inc1)
             assert f"rollback-bot incident answer {inc1} pick OPTION" in text
 
             # Someone without a role is refused, and the refusal is recorded.
-            code, _, err = await bot.cli.main("incident", "answer", inc1, "pick", "B", "--as", NOBODY)
+            code, _, err = await bot.cli("incident", "answer", inc1, "pick", "B", "--as", NOBODY)
             assert code == 1 and "not an approver or incident commander" in err
-            code, _, err = await bot.cli.main("incident", "answer", inc1, "pick", "Z")
+            code, _, err = await bot.cli("incident", "answer", inc1, "pick", "Z")
             assert code == 1 and "was not offered" in err
 
             started = time.monotonic()
-            code, out, err = await bot.cli.main("incident", "answer", inc1, "pick", "Variant B", process=True)
+            code, out, err = await bot.cli("incident", "answer", inc1, "pick", "Variant B", process=True)
             answered = time.monotonic()
             assert code == 0, err
             assert "carried out by serve:" in out
@@ -241,7 +241,7 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
             await _until(lambda: bot.question(root1, "Confirm the result") is not None, "the run went on")
             assert (bot.workdir / "t1" / "variant.txt").read_text() == "B\n"
 
-            code, out, err = await bot.cli.main("incident", "abort", inc1, "--reason", "stop it <!channel>")
+            code, out, err = await bot.cli("incident", "abort", inc1, "--reason", "stop it <!channel>")
             assert code == 0 and "carried out by serve:" in out, err
             returned = time.monotonic()
             await _until(lambda: "aborted" in (fake.message(CH, root1) or Message(CH, "", "", [])).text,
@@ -262,9 +262,9 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
             await _until(lambda: bot.question(root2, "Which variant?") is not None, "the choice was asked")
             await _until(lambda: bot.question(root3, "Which variant?") is not None, "the choice was asked")
             await bot.stop()
-            code, out, err = await bot.cli.main("incident", "answer", inc2, "pick", "A")
+            code, out, err = await bot.cli("incident", "answer", inc2, "pick", "A")
             assert code == 0 and "no bot was serving: applied to the state store" in out, err
-            code, out, err = await bot.cli.main("incident", "abort", inc3, "--reason", "stopped while the bot was down")
+            code, out, err = await bot.cli("incident", "abort", inc3, "--reason", "stopped while the bot was down")
             assert code == 0 and "applied to the state store" in out, err
             detail = await bot.show(inc2)
             assert detail["waiting"] is None
@@ -281,7 +281,7 @@ async def test_control_plane_with_serve_running_and_stopped(tmp_path: Path, sshd
 
             # Every action is in the audit chain with the operator's local identity.
             _, operator = local_identity()
-            code, out, err = await bot.cli.main("audit", "verify", str(tmp_path / "logs" / "governance.jsonl"))
+            code, out, err = await bot.cli("audit", "verify", str(tmp_path / "logs" / "governance.jsonl"))
             assert code == 0, err
             entries = [json.loads(line) for line in (tmp_path / "logs" / "governance.jsonl").read_text().splitlines()]
             control = [e for e in entries if e.get("kind") in ("control_request", "control_refused")]
