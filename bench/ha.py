@@ -35,33 +35,26 @@ if str(ROOT) not in sys.path:
 from bot.state.replicas import INCIDENT  # noqa: E402
 from bot.state.store import Store  # noqa: E402
 from tests.ha_cluster import CH, IC, Cluster, until  # noqa: E402
+from tests.ha_incident import runbook  # noqa: E402
 from tests.pg import start_cluster  # noqa: E402
 from tests.slack_fake import SlackFake  # noqa: E402
 
 
 def _failover_runbook(steps: int) -> str:
-    lines = ["name: bench-failover", "phases:", "  - id: authorization", "    title: Authorization", "    steps:",
-             "      - {id: approval, title: Approval, kind: approval, policy: default}",
-             "  - id: work", "    title: Work", "    steps:"]
-    lines += [f"      - {{id: s{i}, title: 'Step {i}', kind: command, idempotent: true, timeout: 60, "
+    lines = ["- id: work", "  title: Work", "  steps:"]
+    lines += [f"    - {{id: s{i}, title: 'Step {i}', kind: command, idempotent: true, timeout: 60, "
               f"run: 'echo s{i} >> cmdlog; sleep 1.5'}}" for i in range(steps)]
-    return "\n".join(lines) + "\n"
+    return runbook("bench-failover", "\n".join(lines) + "\n")
 
 
-LOAD_RUNBOOK = """\
-name: bench-load
-phases:
-  - id: authorization
-    title: Authorization
-    steps:
-      - {id: approval, title: Approval, kind: approval, policy: default}
-  - id: work
-    title: Work
-    steps:
-      - {id: one, title: One, kind: command, idempotent: true, run: "echo one >> cmdlog"}
-      - {id: two, title: Two, kind: command, idempotent: true, run: "sleep 0.2; echo two >> cmdlog"}
-      - {id: three, title: Three, kind: command, idempotent: true, run: "echo three >> cmdlog"}
-"""
+LOAD_RUNBOOK = runbook("bench-load", """\
+    - id: work
+      title: Work
+      steps:
+        - {id: one, title: One, kind: command, idempotent: true, run: "echo one >> cmdlog"}
+        - {id: two, title: Two, kind: command, idempotent: true, run: "sleep 0.2; echo two >> cmdlog"}
+        - {id: three, title: Three, kind: command, idempotent: true, run: "echo three >> cmdlog"}
+    """)
 
 
 def _pct(values: list[float], q: float) -> float:

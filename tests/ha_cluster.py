@@ -1,15 +1,20 @@
 """Several ``rollback-bot serve`` replicas as separate processes on one PostgreSQL, for HA tests and bench/ha.py.
 
-Each replica is the real command (``python -m handlers.app serve``) in HTTP mode on its own
-port, with the configuration the README's compose file uses (one ``state_db`` URL, the
-password in ``ROLLBACK_BOT_DB_PASSWORD``, the Slack fake as ``SLACK_API_URL``). The test
-plays Slack: signed requests go to whichever replica it chooses (a load balancer),
-``kill``/``pause``/``resume`` send SIGKILL/SIGSTOP/SIGCONT to one process.
+Each replica is the real command (``python -m handlers.app serve``) with the configuration
+the README's compose file uses (one ``state_db`` URL, the password in
+``ROLLBACK_BOT_DB_PASSWORD``, the Slack fake as ``SLACK_API_URL``). The test plays Slack.
+In HTTP mode each replica listens on its own port and signed requests go to whichever
+replica the test chooses (a load balancer). In Socket Mode (``socket_mode=True``:
+``SLACK_APP_TOKEN`` set, /healthz on ``slack.health_port``) each replica opens its own
+connection to the fake, which hands each envelope to one of them at random, as Slack does;
+``socket_replicas()`` tells which replica holds which connection. ``kill``/``signal``
+send SIGKILL, SIGSTOP or SIGCONT to one process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -28,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.state.schema import leases
 from bot.state.store import state_url
 from tests.pg import free_port
-from tests.slack_driver import Sender, SlackDriver
+from tests.slack_driver import Sender, SlackDriver, socket_sender
 from tests.slack_fake import SlackFake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,13 +79,16 @@ class Cluster:
     db_password: str
     config: dict[str, Any]
     replicas: list[Replica] = field(default_factory=list)
+    socket_mode: bool = False
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    _socket_owner: dict[int, int] = field(default_factory=dict)
     _db: AsyncEngine | None = None
 
     @classmethod
     def make(cls, root: Path, fake: SlackFake, db_url: str, db_password: str, *, runbook: str, workdir: Path,
              target: dict[str, Any], n: int = 3, lease_seconds: float = 3.0, time_scale: float = 0.01,
-             extra: dict[str, Any] | None = None, targets: list[dict[str, Any]] | None = None) -> Cluster:
+             extra: dict[str, Any] | None = None, targets: list[dict[str, Any]] | None = None,
+             socket_mode: bool = False) -> Cluster:
         """Write the shared configuration and one file per replica (only the port differs)."""
         root.mkdir(parents=True, exist_ok=True)
         (root / "runbook.yml").write_text(runbook)
@@ -95,12 +103,12 @@ class Cluster:
             "time_scale": time_scale,
             **(extra or {}),
         }
-        cluster = cls(root, fake, db_url, db_password, config)
+        cluster = cls(root, fake, db_url, db_password, config, socket_mode=socket_mode)
         for i in range(n):
             folder = root / f"replica{i}"
             folder.mkdir(parents=True, exist_ok=True)
             port = free_port()
-            own = {**config, "slack": {**config["slack"], "http_port": port},
+            own = {**config, "slack": {**config["slack"], ("health_port" if socket_mode else "http_port"): port},
                    "artifacts_dir": str(folder / "artifacts")}
             path = folder / "bot.yml"
             path.write_text(yaml.safe_dump(own))
@@ -108,19 +116,26 @@ class Cluster:
         return cluster
 
     def env(self) -> dict[str, str]:
-        """The environment of every replica: Slack fake, signing secret, database password."""
+        """The environment of every replica: Slack fake, signing secret or app token, database password."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ROLLBACK_BOT_"))}
-        env.update(SLACK_BOT_TOKEN=self.fake.bot_token, SLACK_SIGNING_SECRET=self.fake.signing_secret,
-                   SLACK_API_URL=self.fake.base_url, ROLLBACK_BOT_DB_PASSWORD=self.db_password,
-                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env.update(SLACK_BOT_TOKEN=self.fake.bot_token, SLACK_API_URL=self.fake.base_url,
+                   ROLLBACK_BOT_DB_PASSWORD=self.db_password, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        if self.socket_mode:
+            env.update(SLACK_APP_TOKEN=self.fake.app_token)
+        else:
+            env.update(SLACK_SIGNING_SECRET=self.fake.signing_secret)
         return env
 
     async def start(self, *which: int) -> None:
-        """Start replicas (all by default) and wait until each answers /healthz."""
+        """Start replicas (all by default) and wait until each answers /healthz (and has its socket open)."""
         todo = [self.replicas[i] for i in which] if which else self.replicas
         for r in todo:
             self._spawn(r)
         await asyncio.gather(*(self.wait_healthy(r.index) for r in todo))
+        if self.socket_mode:
+            wanted = {r.index for r in todo}
+            await until(lambda: wanted <= set(self.socket_replicas().values()),
+                        "every replica opened its Socket Mode connection", cluster=self)
 
     def _spawn(self, r: Replica) -> None:
         with r.log.open("ab") as log:
@@ -177,7 +192,18 @@ class Cluster:
     # ------------------------------------------------------------ playing Slack
 
     def sender(self, pick: Callable[[], int] | None = None) -> Sender:
-        """A sender that spreads requests over the live replicas (round robin), like a load balancer."""
+        """A sender that spreads requests over the live replicas, like a load balancer (round robin) or,
+        in Socket Mode, like Slack (one open connection at random); ``pick`` chooses the replica instead."""
+        if self.socket_mode:
+            async def envelope(body: str, headers: dict[str, str]) -> tuple[int, str]:
+                connection = None
+                if pick is not None:
+                    i = pick()
+                    connection = next(n for n, r in self.socket_replicas().items()
+                                      if r == i and n in self.fake.socket_connections)
+                return await socket_sender(self.fake, 30.0, connection)(body, headers)
+
+            return envelope
         client = httpx.AsyncClient(timeout=30)
 
         async def send(body: str, headers: dict[str, str]) -> tuple[int, str]:
@@ -191,6 +217,18 @@ class Cluster:
     def driver(self, pick: Callable[[], int] | None = None) -> SlackDriver:
         """A Slack driver whose requests the cluster's load balancer spreads."""
         return SlackDriver(self.fake, self.sender(pick), default_user_id=REQ, default_channel_id=CH)
+
+    def socket_replicas(self) -> dict[int, int]:
+        """Which replica made each Socket Mode connection of the fake: {connection number: replica index}.
+
+        Found by the connection's client port among the live replicas' sockets, while it is open.
+        """
+        open_now = set(self.fake.socket_connections)
+        ports = {port: r.index for r in self.replicas if r.alive and r.proc for port in _tcp_ports(r.proc.pid)}
+        for n, (_host, port) in self.fake.socket_peers.items():
+            if n in open_now and n not in self._socket_owner and port in ports:
+                self._socket_owner[n] = ports[port]
+        return dict(self._socket_owner)
 
     # ------------------------------------------------------------ looking at the leases
 
@@ -216,6 +254,25 @@ class Cluster:
         async with self.db.connect() as conn:
             value = (await conn.execute(sa.select(leases.c.token).where(leases.c.name == lease))).scalar()
         return int(value or 0)
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """The local ports of a process's TCP sockets (Linux: its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _ready(value: Any) -> bool:

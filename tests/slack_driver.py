@@ -16,7 +16,9 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         send(body, headers) -> (status, response body)
     http_sender(url, timeout=10.0, client=None) -> Sender   httpx POST (client: reuse connections)
     bolt_sender(app) -> Sender                        AsyncBoltRequest + await app.async_dispatch
-    socket_sender(fake, timeout=10.0) -> Sender       envelope over the fake's websocket; returns
+    socket_sender(fake, timeout=10.0, connection=None) -> Sender
+                                                      envelope over the fake's websocket (to a connection
+                                                      chosen at random, or that one); returns
                                                       (200, json of the ack payload or "")
 
     SlackDriver(fake, send, *, signing_secret=None (fake.signing_secret), default_user_id="U0REQUESTER",
@@ -143,8 +145,11 @@ def bolt_sender(app: AsyncApp) -> Sender:
     return send
 
 
-def socket_sender(fake: SlackFake, timeout: float = 10.0) -> Sender:
-    """Deliver as a Socket Mode envelope through the fake (no signature in this mode)."""
+def socket_sender(fake: SlackFake, timeout: float = 10.0, connection: int | None = None) -> Sender:
+    """Deliver as a Socket Mode envelope through the fake (no signature in this mode).
+
+    The fake picks one of its open connections at random, as Slack does, unless ``connection`` names one.
+    """
 
     async def send(body: str, headers: dict[str, str]) -> tuple[int, str]:
         form = dict(parse_qsl(body, keep_blank_values=True))
@@ -160,6 +165,7 @@ def socket_sender(fake: SlackFake, timeout: float = 10.0) -> Sender:
             timeout=timeout,
             retry_attempt=int(retry) if retry is not None else None,
             retry_reason=lower.get("x-slack-retry-reason"),
+            connection=connection,
         )
         return 200, json.dumps(ack["payload"]) if ack.get("payload") is not None else ""
 

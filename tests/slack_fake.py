@@ -27,6 +27,7 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         scopes     bot scopes to enforce (``missing_scope``); None -> not enforced.
                    ``bot_scopes_from_manifest()`` reads them from manifest.yml.
         trigger_ttl seconds a trigger_id stays valid (Slack: 3); None -> forever
+        socket_seed seed of the Socket Mode connection choice (the same seed, the same choices)
 
     Addresses: fake.port, fake.root_url ("http://127.0.0.1:P/"),
                fake.base_url ("http://127.0.0.1:P/api/", for AsyncWebClient(base_url=...)),
@@ -58,6 +59,7 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         fake.views_opened list[View]           (.view is the current view dict, .updates the history)
         fake.responses    list[ResponsePost]   every POST to a response_url
         fake.socket_acks  list[SocketAck]      every ack the Socket Mode client sent
+        fake.socket_deliveries list[SocketDelivery]  every envelope pushed, with its connection
         fake.buttons(channel, thread_ts=None) -> list[Control]  buttons the bot really posted
         fake.choices(channel, thread_ts=None) -> list[Control]  one per option of selects,
                                                                 radio buttons, overflows, checkboxes
@@ -77,6 +79,7 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         View      id view trigger_id user_id hash opened_at updates; .callback_id .private_metadata
         ResponsePost token body at channel user message_ts status
         SocketAck envelope_id payload at
+        SocketDelivery envelope_id connection type retry_attempt at
     Helpers: check_blocks(blocks, limit) -> problems, controls_of(message) -> list[Control],
         bot_scopes_from_manifest(path=None) -> list[str]
 
@@ -105,14 +108,19 @@ Public API (kept stable; the bot's end-to-end tests rely on it)::
         apps.connections.open returns ws://127.0.0.1:P/socket?ticket=...; the server greets
         with {"type":"hello",...}.
         await fake.wait_socket_connections(n=1, timeout=10)  n connections made so far
+        Connections are numbered 1, 2, ... in the order they were made.
         await fake.socket_send(type="slash_commands"|"interactive"|"events_api", payload={...},
                                timeout=10, retry_attempt=None, retry_reason=None,
-                               accepts_response_payload=None) -> dict
-            sends an envelope to the newest connection and returns the client's ack
-            ({"envelope_id", "payload"?}); asyncio.TimeoutError if none comes.
+                               accepts_response_payload=None, connection=None) -> dict
+            sends an envelope to one open connection and returns the client's ack
+            ({"envelope_id", "payload"?}); asyncio.TimeoutError if none comes. Like Slack,
+            each envelope (a retry too) goes to one connection chosen at random among the
+            open ones that were not told to disconnect; ``connection``: to that one.
         await fake.socket_disconnect(reason="refresh_requested")  {"type":"disconnect"} to all
         await fake.socket_close_all()   server-side close of every websocket
         fake.socket_count -> int        open websockets now
+        fake.socket_connections -> list[int]   their numbers
+        fake.socket_peers  {number: (host, port)}  the client's address of each connection
 
 Differences from Slack worth knowing: ts values are unique across channels
 (Slack: per channel); a ``thread_ts`` that is not in the channel is
@@ -128,6 +136,7 @@ import contextlib
 import itertools
 import json
 import math
+import random
 import secrets
 import time
 import uuid
@@ -334,6 +343,17 @@ class SocketAck:
 
     envelope_id: str
     payload: dict[str, Any] | None
+    at: float
+
+
+@dataclass
+class SocketDelivery:
+    """An envelope the fake pushed, and the connection it went to."""
+
+    envelope_id: str
+    connection: int
+    type: str
+    retry_attempt: int | None
     at: float
 
 
@@ -589,6 +609,7 @@ class SlackFake:
         usergroups: Mapping[str, Sequence[str] | Mapping[str, Any]] | None = None,
         scopes: Iterable[str] | None = None,
         trigger_ttl: float | None = 3.0,
+        socket_seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
         self.bot_token = bot_token
@@ -610,6 +631,8 @@ class SlackFake:
         self.views_opened: list[View] = []
         self.responses: list[ResponsePost] = []
         self.socket_acks: list[SocketAck] = []
+        self.socket_deliveries: list[SocketDelivery] = []
+        self.socket_peers: dict[int, tuple[str, int]] = {}
         self._messages: dict[str, list[Message]] = {}
         self._by_ts: dict[tuple[str, str], Message] = {}
         self._files_by_id: dict[str, UploadedFile] = {}
@@ -640,7 +663,9 @@ class SlackFake:
         self._down_mode: Literal["503", "refuse"] = "503"
         self._restart_task: asyncio.Task[None] | None = None
 
-        self._sockets: list[web.WebSocketResponse] = []
+        self._sockets: dict[int, web.WebSocketResponse] = {}  # by number, oldest first
+        self._socket_leaving: set[int] = set()  # told to disconnect: Slack sends them nothing new
+        self._socket_random = random.Random(socket_seed)
         self._socket_total = 0
         self._socket_changed: asyncio.Condition | None = None
         self._pending_acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -1542,7 +1567,9 @@ class SlackFake:
                 "connection_info": {"app_id": self.app_id},
             }
         )
-        await self._socket_event(ws, added=True)
+        number = await self._socket_event(ws, added=True)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.socket_peers[number] = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -1562,20 +1589,27 @@ class SlackFake:
         if fut is not None and not fut.done():
             fut.set_result(data)
 
-    async def _socket_event(self, ws: web.WebSocketResponse, *, added: bool) -> None:
+    async def _socket_event(self, ws: web.WebSocketResponse, *, added: bool) -> int:
         assert self._socket_changed is not None
         async with self._socket_changed:
             if added:
-                self._sockets.append(ws)
                 self._socket_total += 1
-            elif ws in self._sockets:
-                self._sockets.remove(ws)
+                self._sockets[self._socket_total] = ws
+            number = next((n for n, open_ws in self._sockets.items() if open_ws is ws), 0)
+            if not added:
+                self._sockets.pop(number, None)
             self._socket_changed.notify_all()
+        return number
 
     @property
     def socket_count(self) -> int:
         """Websockets open right now."""
         return len(self._sockets)
+
+    @property
+    def socket_connections(self) -> list[int]:
+        """The numbers of the websockets open right now, oldest first."""
+        return list(self._sockets)
 
     async def wait_socket_connections(self, n: int = 1, timeout: float = 10.0) -> None:
         """Wait until ``n`` Socket Mode connections have been made since start (and one is open)."""
@@ -1597,9 +1631,14 @@ class SlackFake:
         retry_attempt: int | None = None,
         retry_reason: str | None = None,
         accepts_response_payload: bool | None = None,
+        connection: int | None = None,
     ) -> dict[str, Any]:
-        """Push one envelope to the newest connection and return the client's ack."""
+        """Push one envelope to a connection chosen at random (or to ``connection``); the client's ack."""
         await self.wait_socket_connections(1, timeout)
+        if connection is None:
+            connection = self._socket_random.choice(
+                [n for n in self._sockets if n not in self._socket_leaving] or list(self._sockets))
+        ws = self._sockets[connection]
         envelope_id = str(uuid.uuid4())
         if accepts_response_payload is None:
             accepts_response_payload = type == "slash_commands" or (
@@ -1616,21 +1655,23 @@ class SlackFake:
             envelope["retry_reason"] = retry_reason or "timeout"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending_acks[envelope_id] = fut
+        self.socket_deliveries.append(SocketDelivery(envelope_id, connection, type, retry_attempt, time.monotonic()))
         try:
-            await self._sockets[-1].send_json(envelope)
+            await ws.send_json(envelope)
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending_acks.pop(envelope_id, None)
 
     async def socket_disconnect(self, reason: str = "refresh_requested") -> None:
         """Send ``{"type": "disconnect"}`` to every connection (the client should reconnect)."""
-        for ws in list(self._sockets):
+        self._socket_leaving.update(self._sockets)
+        for ws in list(self._sockets.values()):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_json({"type": "disconnect", "reason": reason, "debug_info": {"host": "fake"}})
 
     async def socket_close_all(self) -> None:
         """Close every websocket from the server side."""
-        for ws in list(self._sockets):
+        for ws in list(self._sockets.values()):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.close()
 

@@ -9,7 +9,6 @@ step that ran twice shows there, whatever the journal says.
 from __future__ import annotations
 
 import signal
-import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from bot.drill.sshd import SshdTarget
 from bot.state.replicas import INCIDENT, SCHEDULER
 from bot.state.store import Store, incidents
+from tests import ha_incident as ha
 from tests.ha_cluster import CH, IC, Cluster, until
 from tests.health_server import HealthServer
 from tests.pg import PgCluster, wait_ready
@@ -29,112 +29,32 @@ from tests.slack_fake import SlackFake
 
 pytestmark = pytest.mark.sshd
 
-RUNBOOK = textwrap.dedent("""\
-    name: ha
-    phases:
-      - id: authorization
-        title: Authorization
-        steps:
-          - {id: approval, title: Approval, kind: approval, policy: default}
-      - id: work
-        title: Work
-        steps:
-          - {id: first, title: First, kind: command, idempotent: false, run: "echo first >> cmdlog"}
-          - id: slow
-            title: Slow and not idempotent
-            kind: command
-            idempotent: false
-            timeout: 120
-            run: "echo slow-start >> cmdlog; sleep {slow}; echo slow-end >> cmdlog"
-          - id: idem
-            title: Slow and idempotent
-            kind: command
-            idempotent: true
-            timeout: 120
-            run: "echo idem-start >> cmdlog; sleep {idem}; echo idem-end >> cmdlog"
-          - id: pick
-            title: Pick
-            kind: choice
-            prompt: "Which way?"
-            options:
-              - {{value: a, label: "Way A"}}
-              - {{value: b, label: "Way B"}}
-          - {{id: after, title: After, kind: command, idempotent: false, run: "echo after >> cmdlog"}}
-          - {{id: confirm, title: Confirm, kind: manual}}
+STABILITY_RUNBOOK = ha.runbook("ha-stability", """\
+    - id: stabilization
+      title: Stabilization
+      steps:
+        - {id: before, title: Before, kind: command, idempotent: false, run: "echo before >> cmdlog"}
+        - {id: checks, title: Stability checks, kind: stability, checks: 15, interval: 60}
+        - {id: maint_off, title: Maintenance off, kind: command, idempotent: false, run: "echo off >> cmdlog"}
     """)
-
-STABILITY_RUNBOOK = textwrap.dedent("""\
-    name: ha-stability
-    phases:
-      - id: authorization
-        title: Authorization
-        steps:
-          - {id: approval, title: Approval, kind: approval, policy: default}
-      - id: stabilization
-        title: Stabilization
-        steps:
-          - {id: before, title: Before, kind: command, idempotent: false, run: "echo before >> cmdlog"}
-          - {id: checks, title: Stability checks, kind: stability, checks: 15, interval: 60}
-          - {id: maint_off, title: Maintenance off, kind: command, idempotent: false, run: "echo off >> cmdlog"}
-    """)
-
-
-def _runbook(slow: float = 1, idem: float = 1) -> str:
-    return RUNBOOK.replace("{slow}", str(slow)).replace("{idem}", str(idem)).replace("{{", "{").replace("}}", "}")
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[SlackFake]:
-    async with SlackFake(users={u: u.lower() for u in ("U0REQUESTER", "U0LEAD", "U0PRODOWNER", IC)}) as f:
-        f.add_channel(CH, "incident-response")
+    async with ha.cluster_fake() as f:
         yield f
-
-
-def _target(sshd: SshdTarget, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    workdir = sshd.workdir / tmp_path.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    return workdir, {"transport": "ssh", "host": sshd.host, "port": sshd.port, "user": sshd.username,
-                     "key_file": str(sshd.client_key_path), "known_hosts": str(sshd.known_hosts_path)}
-
-
-def _log(workdir: Path) -> Counter[str]:
-    path = workdir / "cmdlog"
-    return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
 async def _open_incident(cluster: Cluster, *, reason: str = "bad deploy") -> tuple[str, str]:
     """/rollback start, the form and the IC's approval, each on another replica; (incident id, root ts)."""
+    iid, root_ts, button = await ha.open_incident(cluster, reason=reason)
     driver = cluster.driver()
-    fake = cluster.fake
-    await driver.slash_command(text=f"start db1 {reason}", channel_id=CH)
-    await until(lambda: fake.views_opened, "the start modal opened", cluster=cluster)
-    r = await driver.view_submission("rb_start", values={
-        "target": "db1", "triggers": ["data_corruption"], "severity": "P1", "impact": "High",
-        "business_risk": "Critical", "reason": reason})
-    assert r.status == 200, r.body
-    root = await until(lambda: next((m for m in fake.messages(CH) if not m.is_reply and "RB-" in m.text), None),
-                       "the root message was posted", cluster=cluster)
-    iid = root.text.split(":", 1)[0]
-    button = await until(lambda: next((b for b in fake.buttons(CH, root.ts) if b.action_id == "rb_approve"), None),
-                         "the approval request was posted", cluster=cluster)
     approve = await driver.press(button, IC)
     assert approve.status == 200
     # Slack retries the click at another replica: the retry is dropped there.
     retry = await driver.replay(approve.request, retry_num=1)
     assert retry.status == 200
-    return iid, root.ts
-
-
-async def _events(cluster: Cluster, iid: str) -> list[tuple[str, str | None, dict[str, Any]]]:
-    store = await Store.open(cluster.db_url, {"ROLLBACK_BOT_DB_PASSWORD": cluster.db_password})
-    try:
-        return [(e.kind, e.step_id, e.data) for e in await store.events(iid)]
-    finally:
-        await store.close()
-
-
-def _keys(fake: SlackFake, root_ts: str) -> list[str]:
-    return [str(((m.metadata or {}).get("event_payload") or {}).get("key")) for m in fake.thread(CH, root_ts)]
+    return iid, root_ts
 
 
 async def _status(cluster: Cluster, iid: str) -> str:
@@ -142,31 +62,20 @@ async def _status(cluster: Cluster, iid: str) -> str:
         return str((await conn.execute(sa.select(incidents.c.status).where(incidents.c.id == iid))).scalar())
 
 
-async def _press(cluster: Cluster, root_ts: str, text: str, user: str = IC) -> float:
-    """Click the button labelled ``text``; returns when it was clicked (monotonic)."""
-    fake = cluster.fake
-    button = await until(lambda: next((b for b in fake.buttons(CH, root_ts) if b.text == text), None),
-                         f"the {text!r} button was posted", cluster=cluster)
-    at = time.monotonic()
-    r = await cluster.driver().press(button, user)
-    assert r.status == 200
-    return at
-
-
 async def test_a_whole_incident_with_clicks_spread_over_three_replicas_and_postgresql_restarted(
         tmp_path: Path, fake: SlackFake, pg_cluster: PgCluster, pg_url: str, sshd_target: SshdTarget) -> None:
-    workdir, target = _target(sshd_target, tmp_path)
-    cluster = Cluster.make(tmp_path, fake, pg_url, pg_cluster.password, runbook=_runbook(0.2, 2),
+    workdir, target = ha.ssh_target(sshd_target, tmp_path)
+    cluster = Cluster.make(tmp_path, fake, pg_url, pg_cluster.password, runbook=ha.incident_runbook(0.2, 2),
                            workdir=workdir, target=target, n=3)
     try:
         await cluster.start()
         iid, root_ts = await _open_incident(cluster)
         # PostgreSQL restarts under the replicas while a step runs on the target.
-        await until(lambda: _log(workdir)["idem-start"] >= 1, "idem started", cluster=cluster)
+        await until(lambda: ha.cmd_log(workdir)["idem-start"] >= 1, "idem started", cluster=cluster)
         await cluster.db.dispose()
         pg_cluster.restart()
         wait_ready(pg_cluster)
-        clicked = await _press(cluster, root_ts, "Way B")
+        clicked = await ha.press(cluster, root_ts, "Way B")
         runner = await cluster.holder(INCIDENT + iid)
 
         def answered() -> bool:
@@ -174,14 +83,14 @@ async def test_a_whole_incident_with_clicks_spread_over_three_replicas_and_postg
 
         await until(answered, "the answer reached the thread", cluster=cluster, every=0.01)
         latency = time.monotonic() - clicked
-        await _press(cluster, root_ts, "Done")
-        await until(lambda: _completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
+        await ha.press(cluster, root_ts, "Done")
+        await until(lambda: ha.completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
         for i in range(3):
             await cluster.wait_healthy(i)  # every replica reconnected
-        events = await _events(cluster, iid)
+        events = await ha.journal(cluster, iid)
         approvals = [e for e in events if e[0] == "approval_approve"]
-        keys = _keys(fake, root_ts)
-        log = _log(workdir)
+        keys = ha.thread_keys(fake, root_ts)
+        log = ha.cmd_log(workdir)
         print(f"clicks over 3 replicas: runner replica {runner}, click-to-thread {latency * 1000:.0f} ms, "
               f"{len(approvals)} approval recorded of 2 deliveries, {len(keys)} thread messages; "
               f"PostgreSQL restarted mid-step: idem ran {log['idem-start']}x")
@@ -195,11 +104,6 @@ async def test_a_whole_incident_with_clicks_spread_over_three_replicas_and_postg
         await cluster.stop_all()
 
 
-def _completed(fake: SlackFake, root_ts: str) -> bool:
-    root = fake.message(CH, root_ts)
-    return root is not None and "completed" in root.text
-
-
 async def _released(cluster: Cluster, lease: str) -> bool:
     return await cluster.holder(lease) is None
 
@@ -207,8 +111,8 @@ async def _released(cluster: Cluster, lease: str) -> bool:
 async def test_a_runner_paused_past_its_lease_then_a_runner_killed_standbys_resume_nothing_runs_twice(
         tmp_path: Path, fake: SlackFake, pg_cluster: PgCluster, pg_url: str, sshd_target: SshdTarget,
         proof_report: Any) -> None:
-    workdir, target = _target(sshd_target, tmp_path)
-    cluster = Cluster.make(tmp_path, fake, pg_url, pg_cluster.password, runbook=_runbook(3, 3),
+    workdir, target = ha.ssh_target(sshd_target, tmp_path)
+    cluster = Cluster.make(tmp_path, fake, pg_url, pg_cluster.password, runbook=ha.incident_runbook(3, 3),
                            workdir=workdir, target=target, n=3)
     try:
         await cluster.start()
@@ -216,11 +120,11 @@ async def test_a_runner_paused_past_its_lease_then_a_runner_killed_standbys_resu
         lease = INCIDENT + iid
 
         # 1. The runner is paused (SIGSTOP) in a step that is not idempotent, past its lease.
-        await until(lambda: _log(workdir)["slow-start"] >= 1, "slow started", cluster=cluster)
+        await until(lambda: ha.cmd_log(workdir)["slow-start"] >= 1, "slow started", cluster=cluster)
         paused = await cluster.holder(lease)
         assert paused is not None
         token = await cluster.token(lease)
-        before = len(await _events(cluster, iid))
+        before = len(await ha.journal(cluster, iid))
         stopped = time.monotonic()
         cluster.signal(paused, signal.SIGSTOP)
         standby = await until(lambda: _other_holder(cluster, lease, paused), "a standby took the lease",
@@ -229,32 +133,32 @@ async def test_a_runner_paused_past_its_lease_then_a_runner_killed_standbys_resu
         takeovers = [time.monotonic() - stopped]
         await until(lambda: any(b.text == "Mark done" for b in fake.buttons(CH, root_ts)),
                     "the standby asked about the interrupted step", cluster=cluster)
-        await until(lambda: _log(workdir)["slow-end"] >= 1, "the paused runner's command ended on the target")
+        await until(lambda: ha.cmd_log(workdir)["slow-end"] >= 1, "the paused runner's command ended on the target")
         cluster.signal(paused, signal.SIGCONT)
         paused_log = cluster.replicas[paused].log
         await until(lambda: "lost lease" in paused_log.read_text() or "before its next step" in paused_log.read_text(),
                     "the woken runner noticed it lost the lease", cluster=cluster)
         refused = paused_log.read_text().count("is no longer held by this replica")
-        woke_effects = _log(workdir)["idem-start"]
-        await _press(cluster, root_ts, "Mark done")
+        woke_effects = ha.cmd_log(workdir)["idem-start"]
+        await ha.press(cluster, root_ts, "Mark done")
 
         # 2. The new runner is killed (SIGKILL) in an idempotent step: the third replica re-runs it.
-        await until(lambda: _log(workdir)["idem-start"] >= 1, "idem started", cluster=cluster)
+        await until(lambda: ha.cmd_log(workdir)["idem-start"] >= 1, "idem started", cluster=cluster)
         runner = await cluster.holder(lease)
         assert runner is not None and runner != paused
-        before = len(await _events(cluster, iid))
+        before = len(await ha.journal(cluster, iid))
         killed = time.monotonic()
         cluster.kill(runner)
         await until(lambda: _resumed(cluster, iid, before), "a standby resumed", timeout=30, cluster=cluster)
         takeovers.append(time.monotonic() - killed)
-        await _press(cluster, root_ts, "Way A")
-        await _press(cluster, root_ts, "Done")
-        await until(lambda: _completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
+        await ha.press(cluster, root_ts, "Way A")
+        await ha.press(cluster, root_ts, "Done")
+        await until(lambda: ha.completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
 
-        events = await _events(cluster, iid)
+        events = await ha.journal(cluster, iid)
         started = Counter(s for k, s, _d in events if k == "step_running")
-        log = _log(workdir)
-        keys = _keys(fake, root_ts)
+        log = ha.cmd_log(workdir)
+        keys = ha.thread_keys(fake, root_ts)
         took = ", ".join(f"{t:.1f}" for t in takeovers)
         line = (f"pause and kill of the runner: standby {standby} took token {await cluster.token(lease)} "
                 f"(from {token}); resumed after {took} s; woken runner's side effects: {woke_effects}, its refused "
@@ -274,7 +178,7 @@ async def test_a_runner_paused_past_its_lease_then_a_runner_killed_standbys_resu
 
 async def _resumed(cluster: Cluster, iid: str, before: int) -> bool:
     """The journal shows a step restarted or marked interrupted since entry ``before``."""
-    return any(k in ("step_interrupted", "step_running") for k, _s, _d in (await _events(cluster, iid))[before:])
+    return any(k in ("step_interrupted", "step_running") for k, _s, _d in (await ha.journal(cluster, iid))[before:])
 
 
 async def _other_holder(cluster: Cluster, lease: str, not_this: int) -> int | None:
@@ -285,7 +189,7 @@ async def _other_holder(cluster: Cluster, lease: str, not_this: int) -> int | No
 async def test_the_scheduler_holder_killed_during_the_stability_checks(
         tmp_path: Path, fake: SlackFake, pg_cluster: PgCluster, pg_url: str, sshd_target: SshdTarget,
         proof_report: Any) -> None:
-    workdir, target = _target(sshd_target, tmp_path)
+    workdir, target = ha.ssh_target(sshd_target, tmp_path)
     async with HealthServer() as health:
         cluster = Cluster.make(tmp_path, fake, pg_url, pg_cluster.password, runbook=STABILITY_RUNBOOK,
                                workdir=workdir, target={**target, "health_url": health.url}, n=2,
@@ -305,9 +209,9 @@ async def test_the_scheduler_holder_killed_during_the_stability_checks(
             holder = await cluster.holder(SCHEDULER)
             assert holder is not None
             cluster.kill(holder)
-            await until(lambda: _completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
+            await until(lambda: ha.completed(fake, root_ts), "the incident completed", timeout=90, cluster=cluster)
             recorded = await checks()
-            events = [d for k, _s, d in await _events(cluster, iid) if k == "stability_check"]
+            events = [d for k, _s, d in await ha.journal(cluster, iid) if k == "stability_check"]
             missed = sum(1 for _i, o in recorded if o == "missed")
             ran = sum(1 for _i, o in recorded if o != "missed")
             line = (f"scheduler holder killed mid-series: {len(recorded)}/15 checks recorded, {ran} ran, "
@@ -319,7 +223,7 @@ async def test_the_scheduler_holder_killed_during_the_stability_checks(
             # No check was sent twice, but one in flight when its replica died (sent, never recorded).
             assert ran <= len(health.requests) <= ran + 1
             assert missed >= 1  # the failover really fell on the series
-            assert _log(workdir) == Counter({"before": 1, "off": 1})
+            assert ha.cmd_log(workdir) == Counter({"before": 1, "off": 1})
         finally:
             await cluster.stop_all()
 

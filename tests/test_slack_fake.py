@@ -624,6 +624,57 @@ async def test_socket_send_times_out_without_ack(fake: SlackFake) -> None:
         assert envelope["type"] == "interactive" and envelope["accepts_response_payload"] is False
 
 
+async def _spread_over_connections(seed: int) -> tuple[list[int], dict[int, int], list[int]]:
+    """Three raw clients that ack everything; 12 envelopes (every other one a retry), one aimed at
+    connection 2, then a disconnect and a fourth client: (connections chosen, acks by connection,
+    connections chosen after the disconnect)."""
+    async with SlackFake(socket_seed=seed) as fake, aiohttp.ClientSession() as session:
+        api = AsyncWebClient(base_url=fake.base_url)
+        acks = {1: 0, 2: 0, 3: 0, 4: 0}
+
+        async def client(number: int) -> asyncio.Task[None]:
+            ws = await session.ws_connect((await api.apps_connections_open(app_token=fake.app_token))["url"])
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+
+            async def answer() -> None:
+                async for msg in ws:
+                    if "envelope_id" in (data := json.loads(msg.data)):
+                        acks[number] += 1
+                        await ws.send_json({"envelope_id": data["envelope_id"]})
+
+            return asyncio.create_task(answer())
+
+        tasks = [await client(n) for n in (1, 2, 3)]
+        try:
+            for i in range(12):
+                await fake.socket_send("interactive", {"type": "block_actions"}, retry_attempt=i % 2 or None)
+            await fake.socket_send("interactive", {"type": "block_actions"}, connection=2)
+            chosen = [d.connection for d in fake.socket_deliveries]
+            assert chosen[-1] == 2 and fake.socket_connections == [1, 2, 3]
+            assert len({port for _host, port in fake.socket_peers.values()}) == 3
+            await fake.socket_disconnect()
+            tasks.append(await client(4))
+            for _ in range(3):
+                await fake.socket_send("slash_commands", {"command": "/rollback"})
+            after = [d.connection for d in fake.socket_deliveries[13:]]
+            assert [a.envelope_id for a in fake.socket_acks] == [d.envelope_id for d in fake.socket_deliveries]
+            return chosen[:12], acks, after
+        finally:
+            await fake.socket_close_all()
+            for task in tasks:
+                task.cancel()
+
+
+async def test_socket_mode_hands_each_envelope_to_one_open_connection_at_random() -> None:
+    chosen, acks, after = await _spread_over_connections(seed=7)
+    print(f"seed 7: envelopes went to connections {chosen}, acks by connection {acks}")
+    assert len(set(chosen)) == 3  # spread over every connection, retries included
+    assert any(chosen[i] != chosen[i - 1] for i in range(1, 12, 2))  # a retry went to another connection
+    assert acks[1] + acks[2] + acks[3] == 13 and after == [4, 4, 4]  # told to disconnect: nothing new
+    assert (await _spread_over_connections(seed=7))[0] == chosen  # the seed reproduces the choice
+    assert (await _spread_over_connections(seed=8))[0] != chosen
+
+
 async def test_selects_are_choices_and_pressing_one_sends_selected_option(fake: SlackFake) -> None:
     app = make_app(fake)
     picked: list[dict[str, Any]] = []
