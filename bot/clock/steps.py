@@ -14,18 +14,16 @@ keeps the hold) or Continue anyway.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from actions.errors import ActionError
-from bot.clock.stability import SeriesPlan, StabilitySettings, summary
+from bot.clock.host import ClockHost
+from bot.clock.stability import SeriesPlan, summary
+from bot.core.executors.base import Call, StepExecutor, StepHost, register
 from bot.core.lifecycle import StepStatus
 from bot.core.runbook import Phase, StabilityStep, StepBase, WindowStep
 from bot.core.templating import TemplateError, render_text
 from bot.state.store import Incident, StepRun
-
-if TYPE_CHECKING:
-    from bot.core.engine import Engine
 
 #: Waiting kinds of the timed steps.
 KINDS = ("stability", "stability_failed", "window")
@@ -38,32 +36,6 @@ FAILED_OPTIONS = [
 ]
 HELD_OPTIONS = [FAILED_OPTIONS[0], FAILED_OPTIONS[2],
                 {"value": "abort", "label": "Abort", "description": "stop the rollback here"}]
-
-
-class ClockHost(Protocol):
-    """What the engine needs from the scheduler side."""
-
-    stability: StabilitySettings
-
-    def now(self) -> dt.datetime:
-        """The clock's time."""
-        ...
-
-    def scaled(self, seconds: float) -> float:
-        """Plan seconds as real seconds."""
-        ...
-
-    async def series_started(self, incident_id: str, run_id: int, first_at: dt.datetime) -> None:
-        """Schedule the first check of a series."""
-        ...
-
-    async def window_start(self, inc: Incident) -> dt.datetime | None:
-        """When the incident's maintenance window opens; None when it is open now."""
-        ...
-
-    async def window_waiting(self, incident_id: str, run_id: int, at: dt.datetime) -> None:
-        """Schedule the start of the rollback at the window."""
-        ...
 
 
 class NoScheduler(Exception):
@@ -99,13 +71,13 @@ def series_plan(host: ClockHost, step: StabilityStep, ctx: dict[str, Any]) -> Se
     )
 
 
-async def begin(engine: Engine, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any]) -> str:
+async def begin(engine: StepHost, inc: Incident, phase: Phase, step: StepBase, ctx: dict[str, Any]) -> str:
     """Start a timed step: record the waiting run, schedule its job; 'wait' (or 'next')."""
     host = engine.clock_host
     store = engine.store
     if host is None:
         run = await store.begin_step(inc.id, step.id, phase.id)
-        return await engine._failed(inc, step, run, NoScheduler(
+        return await engine.failed(inc, step, run, NoScheduler(
             f"step {step.id!r} needs the scheduler, and this engine has none"))
     if isinstance(step, WindowStep):
         at = await host.window_start(inc)
@@ -122,14 +94,14 @@ async def begin(engine: Engine, inc: Incident, phase: Phase, step: StepBase, ctx
         plan = series_plan(host, step, ctx)
     except TemplateError as exc:
         run = await store.begin_step(inc.id, step.id, phase.id)
-        return await engine._failed(inc, step, run, exc)
+        return await engine.failed(inc, step, run, exc)
     run = await store.begin_step(inc.id, step.id, phase.id, status=StepStatus.WAITING, waiting={
         "kind": "stability", "prompt": step.title, "plan": plan.to_dict(), "options": []})
     await host.series_started(inc.id, run.id, plan.start)
     return "wait"
 
 
-async def answer(engine: Engine, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
+async def answer(engine: StepHost, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str:
     """Act on the answer to a failed series: extend, re-enable maintenance, or continue."""
     assert run.answer is not None and run.waiting is not None and isinstance(step, StabilityStep)
     value, user = run.answer["value"], run.answer.get("user")
@@ -150,7 +122,8 @@ async def answer(engine: Engine, inc: Incident, phase: Phase, step: StepBase, ru
             if not maint_id:
                 raise NoScheduler("this stability step names no maintenance_step to run")
             maint = engine.runbook.step(maint_id)
-            result, _output = await engine._perform(inc, maint, await engine.context(inc.id))
+            ctx = await engine.context(inc.id)
+            result, _output = await engine.perform(Call(engine, inc, engine.runbook.phase_of(maint_id), maint, ctx))
             await store.log(inc.id, "maintenance_reenabled", actor=user, step_id=maint_id,
                             data={"exit_status": result.get("exit_status")})
         except (ActionError, TemplateError, NoScheduler, KeyError) as exc:
@@ -172,3 +145,19 @@ def failed_waiting(plan: SeriesPlan, checks: list[Any], *, index: int, reason: s
         "error": reason, "options": FAILED_OPTIONS, "plan": plan.to_dict(), "figures": figures,
         "mention": mention,
     }
+
+
+@register(StabilityStep, WindowStep)
+class TimedExecutor(StepExecutor):
+    """Stability and window steps: a waiting run the clock settles (see the module's docstring)."""
+
+    async def start(self, call: Call) -> str:
+        """Record the waiting run and schedule its job."""
+        return await begin(call.host, call.inc, call.phase, call.step, call.ctx)
+
+    async def answer(self, host: StepHost, inc: Incident, phase: Phase, step: StepBase, run: StepRun) -> str | None:
+        """The answer to a failed series; None for the engine's own questions (a failure, a resume)."""
+        assert run.waiting is not None
+        if run.waiting["kind"] != "stability_failed":
+            return None
+        return await answer(host, inc, phase, step, run)

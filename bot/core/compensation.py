@@ -83,8 +83,9 @@ def nothing_to_undo(step: StepBase, latest: Mapping[str, StepRun]) -> str | None
     return None
 
 
-def context(inc: Incident, latest: Mapping[str, StepRun]) -> dict[str, Any]:
-    """Captures, choices and incident fields, as the statement's templates see them."""
+def left_by(latest: Mapping[str, StepRun], *, unasked: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the done steps left for templates: captures by step, and choices by choice step
+    (with ``unasked``, a skipped step's choice is null rather than missing)."""
     captures: dict[str, Any] = {}
     choices: dict[str, Any] = {}
     for step_id, run in latest.items():
@@ -92,6 +93,14 @@ def context(inc: Incident, latest: Mapping[str, StepRun]) -> dict[str, Any]:
             captures[step_id] = run.captures
             if "choice" in run.captures:
                 choices[step_id] = run.captures["choice"]
+        elif unasked and run.status is StepStatus.SKIPPED:
+            choices.setdefault(step_id, None)
+    return captures, choices
+
+
+def context(inc: Incident, latest: Mapping[str, StepRun]) -> dict[str, Any]:
+    """Captures, choices and incident fields, as the statement's templates see them."""
+    captures, choices = left_by(latest)
     return {"captures": captures, "choices": choices,
             "incident": {"id": inc.id, "stamp": inc.stamp, "reason": inc.reason, "severity": inc.severity or ""}}
 
@@ -149,7 +158,7 @@ def outcome(runbook: Runbook, inc: Incident, runs: Iterable[StepRun], events: It
         latest[r.step_id] = r
     out = Outcome(trig)
     ctx = context(inc, latest)
-    finished = all(_settled(latest.get(s.id)) for s in comp.steps)
+    finished = all(settled(latest.get(s.id)) for s in comp.steps)
     for line in comp.statement:
         try:
             out.state.append(render_text(line, ctx))
@@ -175,7 +184,8 @@ def outcome(runbook: Runbook, inc: Incident, runs: Iterable[StepRun], events: It
     return out
 
 
-def _settled(run: StepRun | None) -> bool:
+def settled(run: StepRun | None) -> bool:
+    """A step run that needs nothing more: done, skipped, or failed with ``on_failure: continue``."""
     if run is None:
         return False
     return run.status in (StepStatus.DONE, StepStatus.SKIPPED) or (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,3 +171,26 @@ def open_transport(settings: TargetSettings) -> Transport:
         connect_timeout=settings.connect_timeout,
         max_channels=settings.max_channels,
     )
+
+
+@dataclass
+class Target:
+    """A target's settings and its open transport; a host group also has one transport per host."""
+
+    settings: TargetSettings
+    transport: Transport
+    #: A host group's transports by host name (``transport`` is the first, the primary).
+    hosts: dict[str, Transport] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: TargetSettings) -> Target:
+        """The target with its transports (connections open lazily on first use)."""
+        if settings.is_group:
+            hosts = open_transports(settings)
+            return cls(settings, next(iter(hosts.values())), hosts)
+        return cls(settings, open_transport(settings))
+
+    async def close(self) -> None:
+        """Close every transport of the target."""
+        for transport in {id(t): t for t in (self.transport, *self.hosts.values())}.values():
+            await transport.close()

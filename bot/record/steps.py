@@ -26,6 +26,7 @@ from actions.github import GitHubClient, WorkflowRun, previous_release
 from actions.http import http_request
 from actions.sqlite import sqlite_op
 from actions.transport import Transport
+from bot.core.executors.base import Call, StepExecutor, StepHost, register
 from bot.core.lifecycle import StepStatus
 from bot.core.runbook import (
     EvidenceStep,
@@ -69,6 +70,22 @@ class RecordContext:
     http: httpx.AsyncClient | None
     changed: Callable[[str], Awaitable[None]]
     names: Names | None = None
+
+
+def record_context(host: StepHost, inc: Incident, step: StepBase) -> RecordContext:
+    """What a record step of this incident works with, from the engine that runs it."""
+    target = host.target(inc, step)
+    return RecordContext(host.store, host.runbook, target.settings, target.transport, host.records,
+                         host.audit, host.time_scale, host.http, host.changed, host.names)
+
+
+@register(*RECORD_STEPS)
+class RecordExecutor(StepExecutor):
+    """The record steps, each a machine step journaled by the engine."""
+
+    async def perform(self, call: Call, attempt: int | None) -> tuple[dict[str, Any], str]:
+        """Run one record step; ``ActionError`` on failure."""
+        return await perform(record_context(call.host, call.inc, call.step), call.inc, call.step, call.ctx)
 
 
 async def perform(rc: RecordContext, inc: Incident, step: StepBase, ctx: dict[str, Any]) -> tuple[dict[str, Any], str]:
