@@ -88,10 +88,10 @@ class EngineBase:
     ) -> None:
         self.store = store
         self.runbook = runbook
+        self.policies = dict(policies or {"default": DEFAULT_POLICY})
         self.targets = targets
         self.artifacts_dir = artifacts_dir
         self.time_scale = time_scale
-        self.policies = dict(policies or {"default": DEFAULT_POLICY})
         self.on_change = on_change
         #: One HTTP client for every http, notify and GitHub call (connections are reused);
         #: the engine closes it in ``aclose`` only when it made it.
