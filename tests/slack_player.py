@@ -7,6 +7,7 @@ Used by the end-to-end tests of the whole default runbook and by ``bench/ack.py`
     played = await play_incident(fake=fake, driver=driver, services=services, channel=CH, target="sandbox",
                                  cast=cast, answers=default_answers(strategy="C", backup="production_backup_….db"))
     played.incident, played.pressed (every Control pressed, in order)
+    played = await press_until_over(..., incident=inc, ...)   # an incident opened some other way
 
 ``answers`` maps a button's text (or a select option's text) to True when it is the one to
 press; "Done" of manual items is always pressed; anything else the bot asks (Retry / Skip /
@@ -87,6 +88,16 @@ async def play_incident(*, fake: SlackFake, driver: SlackDriver, services: Servi
     """Start an incident and press the posted buttons until it is over."""
     inc = await start_incident(fake=fake, driver=driver, services=services, channel=channel, target=target,
                                requester=cast.requester, idle_timeout=idle_timeout)
+    return await press_until_over(fake=fake, driver=driver, services=services, channel=channel, incident=inc,
+                                  cast=cast, answers=answers, max_presses=max_presses, idle_timeout=idle_timeout,
+                                  scheduled_timeout=scheduled_timeout)
+
+
+async def press_until_over(*, fake: SlackFake, driver: SlackDriver, services: Services, channel: str,
+                           incident: Incident, cast: Cast, answers: Callable[[Control], bool], max_presses: int = 60,
+                           idle_timeout: float = 120.0, scheduled_timeout: float = 120.0) -> Played:
+    """Press the posted buttons of an open incident until it is over."""
+    inc = incident
     played = Played(inc)
     approvers = list(cast.approvers)
     for _ in range(max_presses):

@@ -10,6 +10,7 @@ Only a target marked ``rehearsal: allowed`` is rehearsed; its result is stored f
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from bot.plan.render import runbook_sha256
 from bot.record.last_tested import last_tested, record_rehearsal
 from bot.record.records import Records
 from bot.record.viewmodel import load
-from bot.state.store import Store, utcnow
+from bot.state.store import Incident, Store, utcnow
 
 REHEARSAL_REQUESTER = "U0REHEARSAL"
 REHEARSAL_ANSWERER = "U0REHEARSALIC"
@@ -165,14 +166,8 @@ async def rehearse(*, config: BotConfig, target: str, runbook: Runbook, strategy
         recovery = time.monotonic() - began
         notes = await clock.summary(inc.id)
         chosen = person.chosen_backup or chosen or await newest_backup(target_obj.transport, settings)
-        runs = await store.latest_runs(inc.id)
-        rows = runs["deployment_rows"].captures.get("rows") if "deployment_rows" in runs else None
-        point = await measure_point(target_obj.transport, settings, chosen, rows)
-        verdict = await check_point_verdict(store=store, incident=inc, transport=target_obj.transport,
-                                      settings=settings, sandbox=point, strategy=strategy)
-        verdict.checks += await record_checks(store=store, incident=inc, transport=target_obj.transport,
-                                              settings=settings, records=records,
-                                              data_loss_records=verdict.data_loss_records)
+        verdict = await judge(store=store, incident=inc, transport=target_obj.transport, settings=settings,
+                              records=records, strategy=strategy, backup=chosen)
         result = RehearsalResult(settings.name, inc.id, inc.status, strategy, verdict, recovery, rb_sha, chosen,
                                  root, notes)
     except (ActionError, DrillError) as exc:
@@ -184,13 +179,32 @@ async def rehearse(*, config: BotConfig, target: str, runbook: Runbook, strategy
         await target_obj.close()
         await store.close()
     if state is not None:
-        await record_rehearsal(state, target=settings.name, runbook_sha256=rb_sha, passed=result.passed,
-                               started_at=started_at, incident_id=result.incident_id or None, strategy=strategy,
-                               recovery_seconds=round(result.recovery_seconds, 2),
-                               data_loss_records=result.verdict.data_loss_records,
-                               detail={"checks": [c.__dict__ for c in result.verdict.checks],
-                                       "backup": result.backup, "root": str(root)})
+        await store_result(state, result, started_at=started_at)
     return result
+
+
+async def judge(*, store: Store, incident: Incident, transport: Transport, settings: TargetSettings,
+                records: Records, strategy: str, backup: str) -> Verdict:
+    """The verdicts of an ended rehearsal: the target against the chosen backup, then the records."""
+    runs = await store.latest_runs(incident.id)
+    rows = runs["deployment_rows"].captures.get("rows") if "deployment_rows" in runs else None
+    point = await measure_point(transport, settings, backup, rows)
+    verdict = await check_point_verdict(store=store, incident=incident, transport=transport, settings=settings,
+                                        sandbox=point, strategy=strategy)
+    verdict.checks += await record_checks(store=store, incident=incident, transport=transport, settings=settings,
+                                          records=records, data_loss_records=verdict.data_loss_records)
+    return verdict
+
+
+async def store_result(state: Store, result: RehearsalResult, *, started_at: dt.datetime,
+                       **detail: Any) -> None:
+    """Keep a rehearsal's result for "Last tested" (``detail``: more to keep beside the checks)."""
+    await record_rehearsal(state, target=result.target, runbook_sha256=result.runbook_sha256,
+                           passed=result.passed, started_at=started_at, incident_id=result.incident_id or None,
+                           strategy=result.strategy, recovery_seconds=round(result.recovery_seconds, 2),
+                           data_loss_records=result.verdict.data_loss_records,
+                           detail={"checks": [c.__dict__ for c in result.verdict.checks],
+                                   "backup": result.backup, "root": str(result.root), **detail})
 
 
 def result_lines(result: RehearsalResult) -> list[str]:

@@ -238,10 +238,7 @@ async def submit_start(*, services: Services, ack: Ack, user_id: str, view: dict
         await services.engine.audit.flush()  # the close is on record at once, not at the next change
         services.publisher.request(inc.id)
         return
-    if services.clock is not None:
-        await services.clock.incident_opened(inc.id)  # P2 deadline, P3 window, approval expiry
-    services.publisher.request(inc.id)
-    services.run_incident(inc.id)
+    await services.open_incident(inc.id)
 
 
 # ---------------------------------------------------------------- approvals

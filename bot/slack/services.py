@@ -26,6 +26,7 @@ from bot.core.lifecycle import Status
 from bot.core.redaction import SECRET_ENV, Redactor, env_secrets, redact_logs
 from bot.core.roles import RoleDirectory
 from bot.core.runbook import NotifyStep, Runbook, default_runbook, load_runbook
+from bot.plan.rehearsal_channel import ChannelRehearsals
 from bot.plan.rehearsal_jobs import Reporter, schedule_rehearsals
 from bot.plan.rehearsal_jobs import install as install_reporter
 from bot.record.records import Records
@@ -152,6 +153,13 @@ class Services:
             await self.control.once()
             self._control_task = asyncio.create_task(self.control.run(), name="control-requests")
 
+    async def open_incident(self, incident_id: str) -> None:
+        """A new incident: set its clock (deadline, window, expiry), post its thread and run it."""
+        if self.clock is not None:
+            await self.clock.incident_opened(incident_id)
+        self.publisher.request(incident_id)
+        self.run_incident(incident_id)
+
     async def kick(self, incident_id: str) -> None:
         """Let the engine go on with an incident (scheduled jobs call this)."""
         self.run_incident(incident_id)
@@ -219,7 +227,9 @@ async def build_services(config: BotConfig, client: AsyncWebClient, *, clock: Cl
                                   policy=policy, kick=services.kick, mention=mentions_for(config.roles),
                                   holders=roles.holders)
     engine.clock_host = services.clock
-    executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident)
+    rehearsals = ChannelRehearsals(config, store, engine, services.open_incident, services.run_incident)
+    executor = Executor(store, engine, policy, roles.roles_of, online=True, kick=services.run_incident,
+                        actions=rehearsals.actions())
     services.control = ControlPoller(executor, name=f"serve:{socket.gethostname()}:{os.getpid()}")
     if config_path is not None:
         schedule_rehearsals(jobs, config, config_path)

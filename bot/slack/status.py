@@ -17,8 +17,12 @@ def render_root(inc: Incident) -> Rendered:
     """The channel message of an incident: id, target, severity, decision, requester, reason."""
     inputs = inc.inputs or {}
     icon = STATUS_ICONS.get(inc.status, "")
-    title = clip(f"{icon} {inc.id} · rollback of {inc.target}", 150)
+    what = "REHEARSAL of the rollback of" if inputs.get("rehearsal") else "rollback of"
+    title = clip(f"{icon} {inc.id} · {what} {inc.target}", 150)
     lines = [
+        f"*Rehearsal* on the staging target `{esc(inc.target)}`: real approvals and choices, nothing in production"
+    ] if inputs.get("rehearsal") else []
+    lines += [
         f"*Severity:* {inc.severity or '—'}   *Decision:* {inc.decision or '—'}",
         f"*Why this decision:* {esc(str(inputs.get('explanation', '—')))}",
         f"*Requested by:* <@{inc.requester}>" if inc.requester else "*Requested by:* —",
@@ -48,7 +52,7 @@ def render_root(inc: Incident) -> Rendered:
     blocks: list[Block] = [HeaderBlock(text=title)]
     blocks += sections(lines)
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Everything else happens in this thread.")]))
-    text = f"{inc.id}: rollback of {inc.target} — {inc.severity or ''} {inc.decision or ''} — {inc.status.value}"
+    text = f"{inc.id}: {what} {inc.target} — {inc.severity or ''} {inc.decision or ''} — {inc.status.value}"
     return Rendered("root", clip(text, 3000), blocks, in_channel=True)
 
 

@@ -21,7 +21,7 @@ import os
 import pwd
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.core.approvals import ApprovalPolicy
@@ -52,6 +52,9 @@ BEAT_SECONDS = 1.0
 
 RolesOf = Callable[[str], Awaitable[list[str]]]
 Kick = Callable[[str], Any]
+#: A request another part of the bot carries out (a rehearsal in a channel): given the request
+#: and the actor's roles, what happened in words; ``ControlRefused`` refuses it.
+Action = Callable[[ControlRequest, list[str]], Awaitable[str]]
 
 
 class ControlRefused(Exception):
@@ -123,6 +126,7 @@ class Executor:
     roles_of: RolesOf
     online: bool
     kick: Kick | None = None
+    actions: dict[str, Action] = field(default_factory=dict)
 
     async def execute(self, req: ControlRequest) -> tuple[str, str]:
         """(status, message): ``done`` / ``applied`` or ``refused``, and what happened in words."""
@@ -158,6 +162,8 @@ class Executor:
         if inc.status in FINAL:
             raise ControlRefused(f"{inc.id} is already {inc.status.value}")
         ok = "done" if self.online else "applied"
+        if req.action in self.actions:
+            return ok, await self.actions[req.action](req, roles)
         step = self.engine.runbook.step(req.step_id) if req.step_id and self._has_step(req.step_id) else None
         if req.action == "answer" and isinstance(step, ApprovalStep):
             return await self._approve(req, roles, ok)
