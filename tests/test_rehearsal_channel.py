@@ -14,17 +14,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from bot.core.config import SlackSecrets, load_settings
 from bot.core.lifecycle import Status
 from bot.core.runbook import default_runbook_text
-from bot.drill.sandbox import Sandbox, build_sandbox
+from bot.drill.sandbox import Sandbox
 from bot.record.last_tested import last_tested, rehearsal_history
 from bot.slack.client import make_client
 from bot.slack.services import Services, build_services
@@ -36,22 +35,14 @@ from tests.slack_fake import Message, SlackFake
 from tests.slack_player import Cast, default_answers, press_until_over
 from tests.sshd import SshdTarget
 from tests.test_rehearsal import _run
+from tests.test_slack_default_runbook import sandbox  # noqa: F401  (the staging target, a fixture)
 
 CH = "C0INCIDENT1"
 LEAD, PO, IC = "U0LEAD", "U0PRODOWNER", "U0COMMANDER"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def staging(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    box = await asyncio.to_thread(build_sandbox, tmp_path / "staging")
-    try:
-        yield box
-    finally:
-        await asyncio.to_thread(box.stop)
-
-
-def _config(tmp_path: Path, sshd: SshdTarget, sandbox: Sandbox) -> Path:
+def _config(tmp_path: Path, sshd: SshdTarget, box: Sandbox) -> Path:
     ssh = {"transport": "ssh", "host": sshd.host, "port": sshd.port, "user": sshd.username,
            "key_file": str(sshd.client_key_path), "known_hosts": str(sshd.known_hosts_path)}
     (tmp_path / "prod").mkdir()
@@ -62,7 +53,7 @@ def _config(tmp_path: Path, sshd: SshdTarget, sandbox: Sandbox) -> Path:
         "roles": {"tech_lead": {"users": [LEAD]}, "product_owner": {"users": [PO]},
                   "incident_commander": {"users": [IC]}},
         "operators": {local_identity()[0]: [IC]},
-        "targets": [{"name": "staging", **ssh, **sandbox.settings(), "rehearsal": "allowed"},
+        "targets": [{"name": "staging", **ssh, **box.settings(), "rehearsal": "allowed"},
                     {"name": "prod", **ssh, "workdir": str(tmp_path / "prod")}],
         "state_db": str(tmp_path / "state.db"), "artifacts_dir": str(tmp_path / "artifacts"),
         "records": {"audit_log": str(tmp_path / "logs" / "governance.jsonl"),
@@ -109,7 +100,8 @@ async def _refusals(config: Path) -> None:
 
 
 async def test_rehearsal_in_a_channel_with_real_people(tmp_path: Path, sshd_target: SshdTarget,
-                                                      staging: Sandbox) -> None:
+                                                      sandbox: Sandbox) -> None:  # noqa: F811
+    staging = sandbox
     config_path = _config(tmp_path, sshd_target, staging)
     await _refusals(config_path)
 

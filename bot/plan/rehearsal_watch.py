@@ -109,6 +109,9 @@ async def _hand_over(state: Store, inc: Incident, *, actor: str, operator: str, 
                 why = f"no serving bot took the rehearsal within {claim_seconds:g} s"
                 await drop(state, inc.id, actor=actor, why=why)
                 raise RehearsalRefused(f"{why}: {_start_bot(config_path)}")
+            if req.status == "claimed" and loop.time() > deadline + claim_seconds:
+                raise RehearsalRefused(f"{req.claimed_by} took the rehearsal but did not post it within "
+                                       f"{claim_seconds:g} s; `rollback-bot incident show {inc.id}` says where it is")
             await asyncio.sleep(0.1)
     except asyncio.CancelledError:
         if await _withdraw(state, request_id):

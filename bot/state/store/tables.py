@@ -119,14 +119,15 @@ artifacts_table = artifacts = sa.Table(
 control_requests = sa.Table(
     "control_requests", metadata,
     *_of_an_incident(),
-    sa.Column("action", sa.String(16), nullable=False),  # answer | abort
+    sa.Column("action", sa.String(16), nullable=False),  # answer | abort | rehearse | end_rehearsal
     sa.Column("step_id", sa.String(64)),
     sa.Column("value", sa.Text),
     sa.Column("reason", sa.Text),
     sa.Column("actor", sa.String(64), nullable=False),   # the Slack user id acted as
     sa.Column("operator", sa.String(200), nullable=False),  # the local identity: account@host
     # pending -> claimed -> done | refused; or pending -> applied (no bot ran: applied to the
-    # store by the command itself) -> resumed by the bot at its next start.
+    # store by the command itself) -> resumed by the bot at its next start; or pending ->
+    # withdrawn (a rehearsal no bot took in time).
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("claimed_by", sa.String(200)),
     sa.Column("result", sa.Text),
