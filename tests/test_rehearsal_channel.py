@@ -3,7 +3,8 @@
 The command runs as its own process; the serving bot is the real Bolt stack in-process
 against the Slack Web API fake, sharing the state store; the staging target is the drill
 sandbox reached through a real sshd. People's clicks are sent as Slack sends them. One
-rehearsal is stopped with Ctrl-C (SIGINT), one is approved and answered to its end.
+rehearsal is stopped with Ctrl-C (SIGINT), one is approved and answered to its end, one with
+another runbook than the bot's is refused by the bot.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ async def test_rehearsal_in_a_channel_with_real_people(tmp_path: Path, sshd_targ
             driver = SlackDriver(fake, bolt_sender(create_app(secrets, services)), default_user_id=IC)
             await _interrupted(fake, services, config_path)
             await _to_the_end(fake, driver, services, config_path, staging)
+            await _other_runbook(fake, services, config_path, tmp_path)
         finally:
             await services.close()
 
@@ -170,3 +172,17 @@ async def _to_the_end(fake: SlackFake, driver: SlackDriver, services: Services, 
         assert f"PASS  {check}" in text, check
     assert f"{inc.id} posted in {CH} by serve:" in text and "REHEARSAL PASSED" in text
     assert f"Incident {inc.id} on staging: completed, strategy C" in text, text[-3000:]
+
+
+async def _other_runbook(fake: SlackFake, services: Services, config: Path, tmp_path: Path) -> None:
+    """The bot runs the runbook it loaded: another one is refused by the bot, and nothing is posted."""
+    edited = tmp_path / "edited.yml"
+    edited.write_text(default_runbook_text() + "# edited\n")
+    before = len(fake.messages(CH))
+    code, out, err = await asyncio.to_thread(_run, "rehearse", "--config", str(config), "--target", "staging",
+                                             "--channel", CH, "--runbook", str(edited))
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "the serving bot refused the rehearsal" in err and "not the one given" in err, err
+    assert len(fake.messages(CH)) == before
+    [refused] = [i for i in await services.store.incidents() if i.status is Status.ABORTED and not i.channel]
+    assert "refused by the serving bot" in (refused.abort_reason or "")
