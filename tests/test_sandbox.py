@@ -338,7 +338,7 @@ def test_root_must_be_empty_and_manager_known(tmp_path: Path) -> None:
 
 
 def test_health_is_500_when_the_database_is_missing_or_corrupt(tmp_path: Path) -> None:
-    app = Path(__file__).resolve().parents[1] / "bot" / "drill" / "target_app.py"
+    app = Path(__file__).resolve().parents[1] / "bot" / "drill" / "target" / "app.py"
     workdir = tmp_path / "app"
     (workdir / "databases").mkdir(parents=True)
     (workdir / ".env.production").write_text("APP_VERSION=test-1\n")

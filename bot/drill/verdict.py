@@ -3,7 +3,7 @@
 C must leave the chosen backup; A and B the intended database (the backup plus people's
 writes since), except the conflict kept as it was and, for A, the annotated row the backup
 had; access levels the chosen point's; the data-loss figures exactly those the sandbox
-constructed (``bot/drill/sandbox_story.py``), not zero.
+constructed (``bot/drill/sandbox/story.py``), not zero.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bot.core.lifecycle import Status
 from bot.core.runbook import Runbook, default_runbook
 from bot.core.targets import TargetSettings
 from bot.drill.sandbox import Sandbox
-from bot.drill.sandbox_story import DATA_TABLES, expected_rows
+from bot.drill.sandbox.story import DATA_TABLES, expected_rows
 from bot.record.metrics import DataLoss, data_loss_detail, gather
 from bot.state.store import Incident, Store
 
@@ -193,7 +193,7 @@ def differing_rows(strategy: str, sandbox: Sandbox, db: Path, incident_id: str |
 
     C: every table equals the backup's, leaving out the rollback's own rows (change_history
     rows its writes made triggers log, the ledger, this incident's governance record). A and
-    B: the data tables equal the intended ones (``bot.drill.sandbox_story.expected_rows``).
+    B: the data tables equal the intended ones (``bot.drill.sandbox.story.expected_rows``).
     """
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
