@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 from aiohttp import web  # noqa: E402
+from common import load, run_bounded  # noqa: E402
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request  # noqa: E402
 from slack_bolt.async_app import AsyncAck, AsyncApp  # noqa: E402
 from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
@@ -153,12 +154,6 @@ class BareBolt:
             self.proc.wait()
 
 
-def load() -> str:
-    """The load averages: other work on the machine moves every figure."""
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
-
-
 @dataclass
 class Captured:
     """A signed request as Slack would send it."""
@@ -229,6 +224,12 @@ async def _open(fake: SlackFake, driver: SlackDriver, services: Services, target
     return found[0]
 
 
+def _secrets(fake: SlackFake) -> SlackSecrets:
+    """The bot's Slack secrets for the fake: its token, signing secret and Web API address."""
+    return SlackSecrets.model_validate({"slack_bot_token": fake.bot_token, "slack_signing_secret": fake.signing_secret,
+                                       "slack_api_url": fake.base_url})
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -256,9 +257,7 @@ async def bench_ack(tmp: Path, n: int, warmup: int, pause: float) -> bool:
     users = {u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}
     async with SlackFake(users=users, trigger_ttl=None) as fake:
         fake.add_channel(CH, "incident-response")
-        secrets = SlackSecrets.model_validate({
-            "slack_bot_token": fake.bot_token, "slack_signing_secret": fake.signing_secret,
-            "slack_api_url": fake.base_url})
+        secrets = _secrets(fake)
         services = await build_services(_config(tmp, targets, runbook), make_client(secrets))
         runners: list[web.AppRunner] = []
         try:
@@ -334,9 +333,7 @@ async def bench_calls(tmp: Path) -> bool:
         users = {u: u.lower() for u in (REQ, LEAD, PO, IC)}
         async with SlackFake(users=users) as fake:
             fake.add_channel(CH, "incident-response")
-            secrets = SlackSecrets.model_validate({
-                "slack_bot_token": fake.bot_token, "slack_signing_secret": fake.signing_secret,
-                "slack_api_url": fake.base_url})
+            secrets = _secrets(fake)
             config = _config(tmp, [{"name": "sandbox", "transport": "local", **sandbox.settings()}], None,
                              time_scale=INCIDENT_TIME_SCALE)
             services = await build_services(config, make_client(secrets))
@@ -392,11 +389,7 @@ def main() -> int:
                                 os.environ["BARE_BOLT_SIGNING_SECRET"]))
         return 0
     print(load(), flush=True)
-    try:
-        return asyncio.run(asyncio.wait_for(main_async(args), args.timeout))
-    except TimeoutError:
-        print(f"bench/ack.py: gave up after {args.timeout:.0f} s", file=sys.stderr)
-        return 2
+    return run_bounded(main_async(args), args.timeout, "bench/ack.py")
 
 
 if __name__ == "__main__":

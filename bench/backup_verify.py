@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import load, real_python3
+
 from actions.local import LocalTransport
 from actions.sqlite import sqlite_op
 from actions.sqlite_agent import file_sha256
@@ -362,23 +364,6 @@ async def profile(transport: LocalTransport, db: Path, dest: Path, *, python: st
 
 
 # ----------------------------------------------------------------------------- main
-
-
-def real_python3() -> str:
-    """The interpreter ``python3`` on PATH really runs (past launchers such as pyenv's shim,
-    which cost ~100 ms a start here and would blur the figures); this one if there is none."""
-    if shutil.which("python3") is None:
-        return sys.executable
-    out = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
-                         capture_output=True, text=True, timeout=30, check=False)
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path else "python3"
-
-
-def load() -> str:
-    """The load averages, as a reminder that other work on the machine skews the figures."""
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 async def ours_under_writes(transport: LocalTransport, db: Path, dest: Path, args: argparse.Namespace,

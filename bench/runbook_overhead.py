@@ -49,6 +49,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import load, real_python3
+
 from actions.sqlite import OPS, build_command
 from bot.core.engine import Engine, Target
 from bot.core.lifecycle import Status, StepStatus
@@ -180,23 +182,6 @@ def target_settings(sandbox: Sandbox, sshd: SshdTarget, python: str) -> TargetSe
         "user": sshd.username, "key_file": sshd.client_key_path,
         "known_hosts": sshd.known_hosts_path, **sandbox.settings(), "python": python,
     })
-
-
-def real_python3() -> str:
-    """The interpreter ``python3`` on PATH really runs (past launchers such as pyenv's shim,
-    which cost ~100 ms a start here and would dilute the engine's overhead in both totals)."""
-    if shutil.which("python3") is None:
-        return sys.executable
-    out = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
-                         capture_output=True, text=True, timeout=30, check=False)
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path else "python3"
-
-
-def load() -> str:
-    """The load averages, as a reminder that other work on the machine skews the figures."""
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------- engine

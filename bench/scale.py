@@ -54,12 +54,13 @@ from ack import (  # noqa: E402
     _open,
     _pct,
     _running,
+    _secrets,
     _serve,
-    load,
 )
+from common import load, run_bounded  # noqa: E402
 
 from actions.transport import Transport  # noqa: E402
-from bot.core.config import SlackSecrets, parse_config  # noqa: E402
+from bot.core.config import parse_config  # noqa: E402
 from bot.core.engine import Engine, Target  # noqa: E402
 from bot.core.lifecycle import Status  # noqa: E402
 from bot.core.runbook import parse_runbook  # noqa: E402
@@ -139,9 +140,7 @@ async def bench_scale(tmp: Path, n: int, rows: int, requests: int, pause: float)
         users = {u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}
         async with SlackFake(users=users, trigger_ttl=None) as fake:
             fake.add_channel(CH, "incident-response")
-            secrets = SlackSecrets.model_validate({
-                "slack_bot_token": fake.bot_token, "slack_signing_secret": fake.signing_secret,
-                "slack_api_url": fake.base_url})
+            secrets = _secrets(fake)
             targets = [{"name": f"t{i:02d}", "transport": "local", **s.settings()} for i, s in enumerate(sandboxes)]
             config = parse_config({
                 "slack": {"channels": [CH]},
@@ -300,11 +299,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     args = parser.parse_args()
-    try:
-        return asyncio.run(asyncio.wait_for(main_async(args), args.timeout))
-    except TimeoutError:
-        print(f"bench/scale.py: gave up after {args.timeout:.0f} s", file=sys.stderr)
-        return 2
+    return run_bounded(main_async(args), args.timeout, "bench/scale.py")
 
 
 if __name__ == "__main__":

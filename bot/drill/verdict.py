@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from bot.core.targets import TargetSettings
 from bot.drill.sandbox import Sandbox
 from bot.drill.sandbox.story import DATA_TABLES, expected_rows
 from bot.record.metrics import DataLoss, data_loss_detail, gather
-from bot.state.store import Incident, Store
+from bot.state.store import Incident, StepRun, Store
 
 #: The tables a rehearsal compares with the chosen backup, by strategy (A and B keep the log and record rows).
 RESTORED_TABLES: dict[str, list[str] | None] = {
@@ -77,6 +78,8 @@ def loss_lines(measured: DataLoss | None, expected: dict[str, tuple[int, int, in
     wrong = {t: (got.get(t), expected.get(t)) for t in set(got) | set(expected) if got.get(t) != expected.get(t)}
     shown = ", ".join(f"{t} {u}/{lo}/{k}" for t, (u, lo, k) in sorted(expected.items()))
     return not wrong, f"undone/lost/kept: {shown}" + (f"; measured otherwise: {wrong}" if wrong else "")
+
+
 def data_loss(diff: dict[str, Any], deployment_keys: dict[str, set[str]]) -> tuple[int, str]:
     """Rows the emergency backup (taken just before the restore) has that the restored
     database lost or holds otherwise, minus the rows the bad deployment itself wrote:
@@ -100,7 +103,66 @@ def _key(k: Any) -> str:
     return str(k)
 
 
-async def _governance_equal_but_ours(op: Any, settings: TargetSettings, sandbox: ChosenPoint,
+async def begin_verdict(store: Store, incident: Incident) -> tuple[Verdict, dict[str, StepRun]]:
+    """A verdict whose first check is that the incident completed, and the incident's latest step runs."""
+    v = Verdict([Check("incident completed", incident.status is Status.COMPLETED, incident.status.value)])
+    return v, await store.latest_runs(incident.id)
+
+
+#: A SQLite agent operation on the target: ``await op(name, **params)``.
+Op = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def target_op(transport: Transport, settings: TargetSettings) -> Op:
+    """The SQLite agent's operations on the target, as the verdicts run them."""
+
+    async def op(name: str, **params: Any) -> dict[str, Any]:
+        return await sqlite_op(transport, name, params, timeout=600, cwd=settings.workdir, python=settings.python)
+
+    return op
+
+
+async def emergency_backup_check(op: Op, runs: dict[str, StepRun]) -> Check:
+    """The emergency backup was taken and verified, and its content hash still matches."""
+    vb = runs.get("verify_backup")
+    eb = runs.get("emergency_backup")
+    ok = bool(vb and vb.captures.get("ok") and eb)
+    detail = "not taken"
+    if ok and eb is not None and vb is not None:
+        again = await op("content_hash", db=eb.captures["path"], tables=None)
+        ok = again["total"] == vb.captures["content_hash"]
+        detail = f"{eb.captures['path']} sha256 {str(vb.captures.get('file_sha256'))[:12]}…, content hash re-checked"
+    return Check("emergency backup verified", ok, detail)
+
+
+async def access_levels(op: Op, settings: TargetSettings) -> dict[str, Any]:
+    """user_id -> access level in the target's live database."""
+    rows = await op("query", db=settings.db_path,
+                    sql="SELECT user_id, access_level FROM user_permissions ORDER BY user_id", params=[],
+                    max_rows=100000)
+    return {str(r[0]): r[1] for r in rows["rows"]}
+
+
+async def app_checks(transport: Transport, settings: TargetSettings) -> list[Check]:
+    """Maintenance mode off (env file and health answer) and the app healthy."""
+    env = await transport.run(f"cat -- {shlex.quote(settings.env_file)}", timeout=10, cwd=settings.workdir)
+    maint_lines = [ln for ln in env.stdout.splitlines() if ln.startswith("MAINTENANCE_")]
+    health: dict[str, Any] = {}
+    status = 0
+    try:
+        async with httpx.AsyncClient() as client:
+            resp = await client.get(settings.health_url, timeout=10)
+        status = resp.status_code
+        health = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        health = {"error": str(exc)}
+    return [Check("maintenance mode off", not maint_lines and not health.get("maintenance"),
+                  f"{settings.env_file}: {len(maint_lines)} maintenance lines"),
+            Check("app healthy", status == 200 and health.get("status") == "ok",
+                  f"GET {settings.health_url} -> {status} {health.get('status')}")]
+
+
+async def governance_equal_but_ours(op: Op, settings: TargetSettings, sandbox: ChosenPoint,
                                      incident: Incident) -> bool:
     """governance_logs equals the backup's once this incident's own rollback entry is left out."""
     sql = "SELECT * FROM governance_logs ORDER BY id"
@@ -116,14 +178,8 @@ async def check_verdict(
     sandbox: Sandbox, strategy: str, runbook: Runbook | None = None,
 ) -> Verdict:
     """Check the outcome of a drill or rehearsal incident on its target itself."""
-    v = Verdict()
-    runs = await store.latest_runs(incident.id)
-    v.checks.append(Check("incident completed", incident.status is Status.COMPLETED,
-                          incident.status.value))
-
-    async def op(name: str, **params: Any) -> dict[str, Any]:
-        return await sqlite_op(transport, name, params, timeout=600, cwd=settings.workdir,
-                               python=settings.python)
+    v, runs = await begin_verdict(store, incident)
+    op = target_op(transport, settings)
 
     wrong = await asyncio.to_thread(differing_rows, strategy, sandbox, Path(settings.workdir) / settings.db_path,
                                     incident.id)
@@ -136,20 +192,8 @@ async def check_verdict(
                   + (f", {sandbox.story.overlap[1]} from the backup" if strategy == "A" else ""))
     v.checks.append(Check(name, not wrong, detail + (f"; differ: {wrong}" if wrong else "")))
 
-    vb = runs.get("verify_backup")
-    eb = runs.get("emergency_backup")
-    ok = bool(vb and vb.captures.get("ok") and eb)
-    detail = "not taken"
-    if ok and eb is not None and vb is not None:
-        again = await op("content_hash", db=eb.captures["path"], tables=None)
-        ok = again["total"] == vb.captures["content_hash"]
-        detail = f"{eb.captures['path']} sha256 {str(vb.captures.get('file_sha256'))[:12]}…, content hash re-checked"
-    v.checks.append(Check("emergency backup verified", ok, detail))
-
-    rows = await op("query", db=settings.db_path,
-                    sql="SELECT user_id, access_level FROM user_permissions ORDER BY user_id", params=[],
-                    max_rows=100000)
-    levels = {str(r[0]): r[1] for r in rows["rows"]}
+    v.checks.append(await emergency_backup_check(op, runs))
+    levels = await access_levels(op, settings)
     expected = await asyncio.to_thread(expected_levels, strategy, sandbox)
     wrong_levels = {k: (levels.get(k), lvl) for k, lvl in expected.items() if levels.get(k) != lvl}
     v.checks.append(Check("access levels are the chosen point's", not wrong_levels,
@@ -157,21 +201,7 @@ async def check_verdict(
                           + ("" if strategy == "C" else ", people's changes kept")
                           + (f"; wrong: {wrong_levels}" if wrong_levels else "")))
 
-    env = await transport.run(f"cat -- {shlex.quote(settings.env_file)}", timeout=10, cwd=settings.workdir)
-    maint_lines = [ln for ln in env.stdout.splitlines() if ln.startswith("MAINTENANCE_")]
-    health: dict[str, Any] = {}
-    status = 0
-    try:
-        async with httpx.AsyncClient() as client:
-            resp = await client.get(settings.health_url, timeout=10)
-        status = resp.status_code
-        health = resp.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        health = {"error": str(exc)}
-    v.checks.append(Check("maintenance mode off", not maint_lines and not health.get("maintenance"),
-                          f"{settings.env_file}: {len(maint_lines)} maintenance lines"))
-    v.checks.append(Check("app healthy", status == 200 and health.get("status") == "ok",
-                          f"GET {settings.health_url} -> {status} {health.get('status')}"))
+    v.checks += await app_checks(transport, settings)
 
     facts = await gather(store, runbook or default_runbook(), incident.id)
     measured = data_loss_detail(facts)

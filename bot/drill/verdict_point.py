@@ -3,19 +3,24 @@
 
 from __future__ import annotations
 
-import shlex
-from typing import Any
-
-import httpx
-
 from actions.errors import ActionError
-from actions.sqlite import sqlite_op
 from actions.sqlite_agent import LEDGER
 from actions.transport import Transport
-from bot.core.lifecycle import Status
 from bot.core.runbook import default_runbook
 from bot.core.targets import TargetSettings
-from bot.drill.verdict import RESTORED_TABLES, Check, ChosenPoint, Verdict, _governance_equal_but_ours
+from bot.drill.verdict import (
+    RESTORED_TABLES,
+    Check,
+    ChosenPoint,
+    Op,
+    Verdict,
+    access_levels,
+    app_checks,
+    begin_verdict,
+    emergency_backup_check,
+    governance_equal_but_ours,
+    target_op,
+)
 from bot.record.metrics import data_loss_detail, gather
 from bot.state.store import Incident, Store
 
@@ -25,14 +30,8 @@ async def check_point_verdict(
     sandbox: ChosenPoint, strategy: str,
 ) -> Verdict:
     """Check a rehearsal on a staging target against the chosen point (content hash, access levels, health)."""
-    v = Verdict()
-    runs = await store.latest_runs(incident.id)
-    v.checks.append(Check("incident completed", incident.status is Status.COMPLETED,
-                          incident.status.value))
-
-    async def op(name: str, **params: Any) -> dict[str, Any]:
-        return await sqlite_op(transport, name, params, timeout=600, cwd=settings.workdir,
-                               python=settings.python)
+    v, runs = await begin_verdict(store, incident)
+    op = target_op(transport, settings)
 
     tables = RESTORED_TABLES[strategy]
     live = await op("content_hash", db=settings.db_path, tables=tables)
@@ -41,7 +40,7 @@ async def check_point_verdict(
     differing = [t for t in names if live["tables"].get(t) != want.get(t)]
     if "governance_logs" in differing:
         # The rollback's own governance entry (Phase 5) is the one row the backup cannot have.
-        if await _governance_equal_but_ours(op, settings, sandbox, incident):
+        if await governance_equal_but_ours(op, settings, sandbox, incident):
             differing.remove("governance_logs")
     if "change_history" in differing and await _history_equal_but_ours(op, settings, sandbox):
         differing.remove("change_history")  # rows triggers logged for the rollback's own writes
@@ -53,39 +52,13 @@ async def check_point_verdict(
         f"{len(names)} tables compared by content hash" + (f"; differ: {differing}" if differing else ""),
     ))
 
-    vb = runs.get("verify_backup")
-    eb = runs.get("emergency_backup")
-    ok = bool(vb and vb.captures.get("ok") and eb)
-    detail = "not taken"
-    if ok and eb is not None and vb is not None:
-        again = await op("content_hash", db=eb.captures["path"], tables=None)
-        ok = again["total"] == vb.captures["content_hash"]
-        detail = f"{eb.captures['path']} sha256 {str(vb.captures.get('file_sha256'))[:12]}…, content hash re-checked"
-    v.checks.append(Check("emergency backup verified", ok, detail))
-
-    rows = await op("query", db=settings.db_path,
-                    sql="SELECT user_id, access_level FROM user_permissions ORDER BY user_id", params=[],
-                    max_rows=100000)
-    levels = {str(r[0]): r[1] for r in rows["rows"]}
+    v.checks.append(await emergency_backup_check(op, runs))
+    levels = await access_levels(op, settings)
     wrong = {k: (levels.get(k), lvl) for k, lvl in sandbox.original_access_levels.items() if levels.get(k) != lvl}
     v.checks.append(Check("access levels equal the originals", not wrong,
                           f"{len(sandbox.original_access_levels)} users" + (f"; wrong: {wrong}" if wrong else "")))
 
-    env = await transport.run(f"cat -- {shlex.quote(settings.env_file)}", timeout=10, cwd=settings.workdir)
-    maint_lines = [ln for ln in env.stdout.splitlines() if ln.startswith("MAINTENANCE_")]
-    health: dict[str, Any] = {}
-    status = 0
-    try:
-        async with httpx.AsyncClient() as client:
-            resp = await client.get(settings.health_url, timeout=10)
-        status = resp.status_code
-        health = resp.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        health = {"error": str(exc)}
-    v.checks.append(Check("maintenance mode off", not maint_lines and not health.get("maintenance"),
-                          f"{settings.env_file}: {len(maint_lines)} maintenance lines"))
-    v.checks.append(Check("app healthy", status == 200 and health.get("status") == "ok",
-                          f"GET {settings.health_url} -> {status} {health.get('status')}"))
+    v.checks += await app_checks(transport, settings)
 
     measured = data_loss_detail(await gather(store, default_runbook(), incident.id))
     if measured is not None and measured.known:
@@ -97,7 +70,7 @@ async def check_point_verdict(
     return v
 
 
-async def _history_equal_but_ours(op: Any, settings: TargetSettings, sandbox: ChosenPoint) -> bool:
+async def _history_equal_but_ours(op: Op, settings: TargetSettings, sandbox: ChosenPoint) -> bool:
     """change_history equals the backup's once the rows that triggers logged for the rollback's
     own writes (the ledger's "own") are left out."""
     sql = "SELECT * FROM change_history ORDER BY id"
