@@ -27,7 +27,11 @@ The deployment is applied after the app starts and holds the database open, so i
 sits in ``production.db-wal`` (copying the main file alone would lose it, as on a busy
 server).
 
-The build is synchronous and blocking; from async code run it with ``asyncio.to_thread``.
+Its parts: ``names`` (what things are called), ``writer`` (rows, their history, the
+timeline), ``database`` (the database up to the backup), ``deployment`` (the bad deployment
+and people's work around it), ``story`` (what each strategy must leave), ``app`` (the app
+under its process manager). The build is synchronous and blocking; from async code run it
+with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
