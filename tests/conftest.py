@@ -1,4 +1,4 @@
-"""Shared fixtures: a real sshd on loopback and transports to run commands through."""
+"""Shared fixtures: a real sshd on loopback, transports to run commands through, a health endpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from actions.local import LocalTransport
 from actions.ssh import SSHTransport
+from tests.health_server import HealthServer
 from tests.pg import PgCluster, PostgresUnavailable, start_cluster
 from tests.sshd import SshdTarget, SshdUnavailable, make_ssh_transport, start_sshd
 
@@ -105,3 +106,10 @@ async def transport(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         made = LocalTransport(root=str(tmp_path))
     yield made
     await made.close()
+
+
+@pytest.fixture
+async def health() -> AsyncIterator[HealthServer]:
+    """A real health endpoint on 127.0.0.1 (``tests/health_server.py``), stopped after the test."""
+    async with HealthServer() as hs:
+        yield hs

@@ -13,7 +13,8 @@ Used by the end-to-end tests of the whole default runbook and by ``bench/ack.py`
 press; "Done" of manual items is always pressed; anything else the bot asks (Retry / Skip /
 Abort after a failure, Re-run / Mark done after a restart) stops the play with the thread
 in the message. While nothing is to be pressed, scheduled work (the stability checks) is
-waited for, up to ``scheduled_timeout`` seconds.
+waited for, up to ``scheduled_timeout`` seconds. ``play_through_bolt`` builds the Bolt app on the
+services first and plays through it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bot.core.config import SlackSecrets
 from bot.core.lifecycle import FINAL
 from bot.slack.services import Services
 from bot.state.store import Incident
-from tests.slack_driver import SlackDriver
+from handlers.app import create_app
+from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import Control, SlackFake
 
 APPROVE = "rb_approve"
@@ -48,14 +51,16 @@ class Played:
     pressed: list[Control] = field(default_factory=list)
 
 
-def default_answers(*, strategy: str, backup: str | None) -> Callable[[Control], bool]:
+def default_answers(*, strategy: str, backup: str | None, release: str | None = None) -> Callable[[Control], bool]:
     """Press the strategy whose label starts with ``strategy:``, the backup named ``backup``, the
-    deployment point the target's settings give, and keep conflicts as they are."""
+    deployment point the target's settings give, the release named ``release`` (the app's rollback
+    through GitHub), and keep conflicts as they are."""
 
     def wanted(control: Control) -> bool:
         return (control.text.startswith((f"{strategy}:", "configured boundary"))
                 or control.text == "Keep them as they are"
-                or (backup is not None and control.text == backup))
+                or (backup is not None and control.text == backup)
+                or (release is not None and control.text == release))
 
     return wanted
 
@@ -128,6 +133,19 @@ async def press_until_over(*, fake: SlackFake, driver: SlackDriver, services: Se
         played.pressed.append(control)
         await services.idle(timeout=idle_timeout)
     raise AssertionError(f"{inc.id} did not end after {max_presses} presses")
+
+
+async def play_through_bolt(*, fake: SlackFake, services: Services, secrets: SlackSecrets, channel: str,
+                            target: str, cast: Cast, answers: Callable[[Control], bool]) -> Incident:
+    """The Bolt app on ``services`` (resumed), and an incident played through it to its end within five
+    minutes (``play_incident``); returns the incident once the bot has nothing left to do."""
+    app = create_app(secrets, services)
+    await services.resume()
+    driver = SlackDriver(fake, bolt_sender(app), default_user_id=cast.requester)
+    played = await asyncio.wait_for(play_incident(fake=fake, driver=driver, services=services, channel=channel,
+                                                  target=target, cast=cast, answers=answers), timeout=300)
+    await services.idle(timeout=60)
+    return played.incident
 
 
 def _next_press(controls: list[Control], approvers: list[str], cast: Cast,

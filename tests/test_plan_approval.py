@@ -15,22 +15,14 @@ from bot.core.lifecycle import Status
 from bot.core.runbook import parse_runbook
 from bot.core.targets import TargetSettings
 from bot.state.store import Store
-from tests.slack_fake import SlackFake, bot_scopes_from_manifest
-from tests.test_slack_e2e import CH, IC, LEAD, NOBODY, PO, REQ, RUNBOOK, Harness, _config, _open_incident, _start
+from tests.slack_fake import bot_scopes_from_manifest
+from tests.test_slack_e2e import CH, IC, LEAD, PO, RUNBOOK, Harness, _config, _open_incident, _start, running
 
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}, usergroups={"S0PRODUCT": [PO]},
-                     scopes=bot_scopes_from_manifest())
-    fake.add_channel(CH, "incident-response")
-    await fake.start()
-    harness = await _start(fake, _config(tmp_path, workdir), workdir)
-    yield harness
-    await harness.services.close()
-    await fake.stop()
+    async with running(tmp_path, scopes=bot_scopes_from_manifest()) as harness:
+        yield harness
 
 
 def _approval_text(h: Harness) -> str:

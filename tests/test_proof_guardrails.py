@@ -195,16 +195,8 @@ async def test_concurrent_starts_on_one_target_give_one_incident(tmp_path: Path)
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[e2e.Harness]:
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    fake = e2e.SlackFake(users={u: u.lower() for u in (e2e.REQ, e2e.LEAD, e2e.PO, e2e.IC, e2e.NOBODY)},
-                         usergroups={"S0PRODUCT": [e2e.PO]})
-    fake.add_channel(e2e.CH, "incident-response")
-    await fake.start()
-    h = await e2e._start(fake, e2e._config(tmp_path, workdir), workdir)
-    yield h
-    await h.services.close()
-    await fake.stop()
+    async with e2e.running(tmp_path) as h:
+        yield h
 
 
 async def test_two_start_modals_submitted_at_once_give_one_incident(harness: e2e.Harness) -> None:

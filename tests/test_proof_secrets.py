@@ -29,15 +29,14 @@ from bot.core.redaction import MASK, Redactor
 from bot.drill.sandbox import build_sandbox
 from bot.slack.client import make_client
 from bot.slack.services import build_services
-from handlers.app import create_app
 from tests.github_fake import GitHubFake
-from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake
-from tests.slack_player import Cast, default_answers, play_incident
+from tests.slack_player import Cast, default_answers, play_through_bolt
 from tests.sshd import SshdTarget
 
 CH = "C0INCIDENT1"
 REQ, LEAD, PO, IC = "U0REQUESTER", "U0LEAD", "U0PRODOWNER", "U0COMMANDER"
+CAST = Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC)
 
 
 def _secrets(key_file: Path) -> dict[str, str]:
@@ -126,17 +125,10 @@ async def test_no_secret_in_any_trace_of_a_whole_incident(
     slack_secrets.slack_api_url = fake.base_url
     services = await build_services(config, make_client(slack_secrets))
     try:
-        app = create_app(slack_secrets, services)
-        await services.resume()
-        driver = SlackDriver(fake, bolt_sender(app), default_user_id=REQ)
-        pick = default_answers(strategy="C", backup=sandbox.backup_path.name)
-        played = await asyncio.wait_for(play_incident(
-            fake=fake, driver=driver, services=services, channel=CH, target="sandbox",
-            cast=Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC),
-            answers=lambda c: pick(c) or c.text == "phase-2.4.1"), timeout=300)
-        inc = played.incident
+        inc = await play_through_bolt(
+            fake=fake, services=services, secrets=slack_secrets, channel=CH, target="sandbox", cast=CAST,
+            answers=default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1"))
         assert inc.status is Status.COMPLETED, inc.status
-        await services.idle(timeout=60)
         # The smoke test's output was kept, redacted.
         smoke = (await services.store.latest_runs(inc.id))["smoke_test"]
         artifact = next(a for a in await services.store.artifacts(inc.id) if a.step_id == "smoke_test")

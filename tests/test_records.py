@@ -29,11 +29,9 @@ from bot.record.report import stamp
 from bot.slack.client import make_client
 from bot.slack.services import build_services
 from bot.state.store import Store
-from handlers.app import create_app
 from tests.github_fake import GitHubFake
-from tests.slack_driver import SlackDriver, bolt_sender
 from tests.slack_fake import SlackFake
-from tests.slack_player import Cast, default_answers, play_incident
+from tests.slack_player import Cast, default_answers, play_through_bolt
 
 EVIL = "it's \"broken\"; $(touch pwned) `touch pwned2`\nsecond line\n'); DROP TABLE governance_logs; --"
 
@@ -155,6 +153,7 @@ async def test_drill_over_sshd_keeps_the_whole_record(tmp_path: Path) -> None:
 
 CH = "C0INCIDENT1"
 REQ, LEAD, PO, IC = "U0REQUESTER", "U0LEAD", "U0PRODOWNER", "U0COMMANDER"
+CAST = Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC)
 
 
 async def test_slack_incident_with_github_rollback_ends_with_the_record(
@@ -186,17 +185,10 @@ async def test_slack_incident_with_github_rollback_ends_with_the_record(
                            slack_api_url=fake.base_url)
     services = await build_services(config, make_client(secrets))
     try:
-        app = create_app(secrets, services)
-        await services.resume()
-        driver = SlackDriver(fake, bolt_sender(app), default_user_id=REQ)
-        pick = default_answers(strategy="C", backup=sandbox.backup_path.name)
-        played = await asyncio.wait_for(play_incident(
-            fake=fake, driver=driver, services=services, channel=CH, target="sandbox",
-            cast=Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC),
-            answers=lambda c: pick(c) or c.text == "phase-2.4.1"), timeout=300)
-        inc = played.incident
+        inc = await play_through_bolt(
+            fake=fake, services=services, secrets=secrets, channel=CH, target="sandbox", cast=CAST,
+            answers=default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1"))
         assert inc.status is Status.COMPLETED, inc.status
-        await services.idle(timeout=60)
         t = services.targets["sandbox"]
         verdict = await check_verdict(store=services.store, incident=inc, transport=t.transport,
                                       settings=t.settings, sandbox=sandbox, strategy="C")

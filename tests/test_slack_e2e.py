@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,19 +125,30 @@ async def _start(fake: SlackFake, config: BotConfig, workdir: Path) -> Harness:
                    secrets)
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+@asynccontextmanager
+async def running(tmp_path: Path, *, channels: Mapping[str, str] | None = None,
+                  scopes: list[str] | None = None) -> AsyncIterator[Harness]:
+    """The bot on this file's runbook and config, against a Slack fake that knows this file's people,
+    the incident channel and ``channels`` (with ``scopes``: only those granted); closed after."""
     workdir = tmp_path / "app"
     workdir.mkdir()
     fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC, NOBODY)}, usergroups={"S0PRODUCT": [PO]},
-                     scopes=bot_scopes_from_manifest())
-    fake.add_channel(CH, "incident-response")
-    fake.add_channel("C0OTHER", "random")
+                     scopes=scopes)
+    for channel, name in {CH: "incident-response", **(channels or {})}.items():
+        fake.add_channel(channel, name)
     await fake.start()
     h = await _start(fake, _config(tmp_path, workdir), workdir)
-    yield h
-    await h.services.close()
-    await fake.stop()
+    try:
+        yield h
+    finally:
+        await h.services.close()
+        await fake.stop()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running(tmp_path, channels={"C0OTHER": "random"}, scopes=bot_scopes_from_manifest()) as h:
+        yield h
 
 
 async def _open_incident(h: Harness, severity: str = "P1", impact: str = "High", risk: str = "Critical",

@@ -56,12 +56,6 @@ RUNBOOK = textwrap.dedent("""\
 
 
 @pytest.fixture
-async def health() -> AsyncIterator[HealthServer]:
-    async with HealthServer() as hs:
-        yield hs
-
-
-@pytest.fixture
 async def env(tmp_path: Path, health: HealthServer) -> AsyncIterator[ClockEnv]:
     e = await ClockEnv.open(tmp_path, RUNBOOK, health_url=health.url,
                             mention=lambda roles: "<@U0COMMANDER>" if "incident_commander" in roles else "")

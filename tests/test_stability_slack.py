@@ -71,12 +71,6 @@ RUNBOOK = textwrap.dedent("""\
     """)
 
 
-@pytest.fixture
-async def health() -> AsyncIterator[HealthServer]:
-    async with HealthServer() as hs:
-        yield hs
-
-
 def _config(tmp_path: Path, workdir: Path, health_url: str) -> BotConfig:
     rb = tmp_path / "runbook.yml"
     rb.write_text(RUNBOOK)
