@@ -20,6 +20,7 @@ from bot.clock.scheduler import JobScheduler
 from bot.clock.settings import ClockSettings
 from bot.clock.stability import StabilitySettings
 from bot.core.approvals import ApprovalPolicy, Vote, describe_missing, evaluate
+from bot.core.engine import Engine
 from bot.core.lifecycle import StepStatus
 from bot.core.roles import RoleLookupFailed
 from bot.core.runbook import ApprovalStep
@@ -55,7 +56,7 @@ def parse_time(text: str) -> dt.datetime:
 class ClockBase:
     """The fields of a process's clock runtime and the questions every clock flow asks it."""
 
-    engine: Any  # bot.core.engine.Engine (not imported: the engine imports this package's steps)
+    engine: Engine
     jobs: JobScheduler
     settings: ClockSettings
     stability: StabilitySettings
@@ -83,7 +84,7 @@ class ClockBase:
 
     async def changed(self, incident_id: str) -> None:
         """Tell the views (and ``reconcile``, through the engine's callback) that state moved."""
-        await self.engine._changed(incident_id)
+        await self.engine.changed(incident_id)
 
     async def approved(self, inc: Incident, latest: dict[str, StepRun] | None = None) -> bool:
         """True once the incident's approval gate is passed."""
