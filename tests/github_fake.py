@@ -85,6 +85,13 @@ class GitHubFake:
         self.releases.append({"tag_name": tag, "name": tag, "published_at": published_at, "draft": draft,
                               "prerelease": prerelease, "html_url": f"https://github.test/{self.repo}/releases/{tag}"})
 
+    def add_sandbox_releases(self) -> None:
+        """The drill sandbox's releases: phase-2.3.0, phase-2.4.1 (the one before the bad deployment) and
+        phase-3.0.0 (the bad deployment)."""
+        for tag, at in (("phase-2.3.0", "2025-05-01T00:00:00Z"), ("phase-2.4.1", "2025-06-01T00:00:00Z"),
+                        ("phase-3.0.0", "2025-07-30T00:00:00Z")):
+            self.add_release(tag, at)
+
     def add_foreign_run(self, title: str) -> FakeRun:
         """A run someone else dispatched (must not be mistaken for ours)."""
         run = FakeRun(next(self._ids), title, self.workflow, "main", {}, _now(), "success", listings=99)

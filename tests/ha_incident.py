@@ -3,7 +3,6 @@ clicking in its thread, and what the journal, the thread and the target's comman
 
 from __future__ import annotations
 
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,16 +11,8 @@ from typing import Any
 from bot.drill.sshd import SshdTarget
 from bot.state.store import Store
 from tests.ha_cluster import CH, IC, LEAD, PO, REQ, Cluster, until
+from tests.runbooks import runbook
 from tests.slack_fake import Control, SlackFake
-
-
-def runbook(name: str, phases: str) -> str:
-    """A runbook named ``name``: the authorization phase (the default approval policy), then ``phases``
-    (the other items of its list of phases, in YAML)."""
-    head = (f"name: {name}\nphases:\n  - id: authorization\n    title: Authorization\n    steps:\n"
-            "      - {id: approval, title: Approval, kind: approval, policy: default}\n")
-    return head + textwrap.indent(textwrap.dedent(phases), "  ")
-
 
 RUNBOOK = runbook("ha", """\
     - id: work

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from bot.core.runbook import parse_runbook
 from bot.core.targets import TargetSettings
 from bot.record.audit import AuditLog, AuditSink, seal, verify_chain
 from bot.state.store import Store
+from tests.runbooks import gated
 
 
 async def _chain(path: Path, n: int) -> None:
@@ -77,23 +77,14 @@ def test_cli_audit_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["audit", "verify", str(tmp_path / "missing.jsonl")]) == 2
 
 
-RUNBOOK = textwrap.dedent("""\
-    name: t
-    phases:
-      - id: gate
-        title: Gate
-        steps:
-          - {id: approval, title: Approval, kind: approval}
-      - id: work
-        title: Work
-        steps:
-          - id: pick
-            title: Pick
-            kind: choice
-            prompt: Which?
-            options: [{value: "A", label: "A"}, {value: "B", label: "B"}]
-          - {id: write, title: Write, kind: command, idempotent: true, run: "echo {{ choices.pick }} > out.txt"}
-          - {id: confirm, title: Confirm, kind: manual}
+RUNBOOK = gated("t", """\
+    - id: pick
+      title: Pick
+      kind: choice
+      prompt: Which?
+      options: [{value: "A", label: "A"}, {value: "B", label: "B"}]
+    - {id: write, title: Write, kind: command, idempotent: true, run: "echo {{ choices.pick }} > out.txt"}
+    - {id: confirm, title: Confirm, kind: manual}
     """)
 
 

@@ -17,43 +17,36 @@ from bot.core.lifecycle import Status, StepStatus
 from bot.core.runbook import RunbookError, parse_runbook
 from bot.core.targets import TargetSettings
 from bot.state.store import Store
+from tests.runbooks import gated
 
-RUNBOOK = textwrap.dedent("""\
-    name: comp
-    phases:
-      - id: gate
-        title: Gate
-        steps:
-          - {id: approval, title: Approval, kind: approval}
-      - id: work
-        title: Work
-        steps:
-          - id: maint_on
-            title: Maintenance on
-            kind: command
-            idempotent: true
-            run: "echo on > maint.txt"
-          - id: restrict
-            title: Restrict
-            kind: command
-            idempotent: true
-            run: "echo restricted > access.txt"
-          - id: pick
-            title: Pick
-            kind: choice
-            prompt: Which?
-            options: [{value: "A", label: "A"}, {value: "B", label: "B"}]
-          - id: flaky
-            title: Flaky
-            kind: command
-            idempotent: true
-            on_failure: {flaky_mode}
-            run: "test -f ok.flag"
-          - id: maint_off
-            title: Maintenance off
-            kind: command
-            idempotent: true
-            run: "rm -f maint.txt"
+RUNBOOK = gated("comp", """\
+    - id: maint_on
+      title: Maintenance on
+      kind: command
+      idempotent: true
+      run: "echo on > maint.txt"
+    - id: restrict
+      title: Restrict
+      kind: command
+      idempotent: true
+      run: "echo restricted > access.txt"
+    - id: pick
+      title: Pick
+      kind: choice
+      prompt: Which?
+      options: [{value: "A", label: "A"}, {value: "B", label: "B"}]
+    - id: flaky
+      title: Flaky
+      kind: command
+      idempotent: true
+      on_failure: {flaky_mode}
+      run: "test -f ok.flag"
+    - id: maint_off
+      title: Maintenance off
+      kind: command
+      idempotent: true
+      run: "rm -f maint.txt"
+    """) + textwrap.dedent("""\
     compensation:
       triggers: [abort, failure]
       steps:

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 
 from bot.core.config import parse_config
 from bot.state.control import ControlRefused, acting_as, local_identity
+from tests.runbooks import runbook
 from tests.slack_driver import SlackDriver, http_sender
 from tests.slack_fake import Message, SlackFake
 from tests.sshd import SshdTarget
@@ -33,28 +33,22 @@ CH = "C0INCIDENT1"
 REQ, LEAD, IC, NOBODY = "U0REQUESTER", "U0LEAD", "U0COMMANDER", "U0NOROLE"
 ROOT = Path(__file__).resolve().parent.parent
 
-RUNBOOK = textwrap.dedent("""\
-    name: control
-    phases:
-      - id: authorization
-        title: Authorization
-        steps:
-          - {id: approval, title: "Approval", kind: approval, policy: default}
-      - id: work
-        title: Work
-        steps:
-          - {id: hello, title: "Say hello on the target", kind: command, idempotent: true,
-             run: "echo hello > hello.txt"}
-          - id: pick
-            title: "Pick a variant"
-            kind: choice
-            prompt: "Which variant?"
-            options:
-              - {value: "A", label: "Variant A", description: "the first"}
-              - {value: "B", label: "Variant B", description: "the second"}
-          - {id: write, title: "Write the variant", kind: command, idempotent: true,
-             run: "echo {{ choices.pick }} > variant.txt"}
-          - {id: confirm, title: "Confirm the result", kind: manual}
+RUNBOOK = runbook("control", """\
+    - id: work
+      title: Work
+      steps:
+        - {id: hello, title: "Say hello on the target", kind: command, idempotent: true,
+           run: "echo hello > hello.txt"}
+        - id: pick
+          title: "Pick a variant"
+          kind: choice
+          prompt: "Which variant?"
+          options:
+            - {value: "A", label: "Variant A", description: "the first"}
+            - {value: "B", label: "Variant B", description: "the second"}
+        - {id: write, title: "Write the variant", kind: command, idempotent: true,
+           run: "echo {{ choices.pick }} > variant.txt"}
+        - {id: confirm, title: "Confirm the result", kind: manual}
     """)
 
 

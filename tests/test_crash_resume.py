@@ -74,6 +74,15 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
+def _killed_at(tmp: Path, marker: str, *extra: str) -> dict[str, str]:
+    """Run the bot (with ``extra`` arguments) until ``marker`` is in the target's log, kill it there,
+    and run it again until it stops: the state it stops in."""
+    proc = _runner(tmp, *extra)
+    _wait_for(tmp / "work" / "log.txt", marker, proc)
+    _kill(proc)
+    return _finish(_runner(tmp))
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     (tmp_path / "work").mkdir()
@@ -83,10 +92,7 @@ def tmp(tmp_path: Path) -> Path:
 def test_killed_during_a_non_idempotent_step_waits_for_a_person(tmp: Path) -> None:
     (tmp / "runbook.yml").write_text(RUNBOOK.format(sleep=3, sleep2=0))
     log = tmp / "work" / "log.txt"
-    proc = _runner(tmp)
-    _wait_for(log, "once-start", proc)
-    _kill(proc)
-    state = _finish(_runner(tmp))
+    state = _killed_at(tmp, "once-start")
     assert state == {"status": "waiting", "waiting": "resume", "step": "once"}
     # nothing ran the step again on its own
     assert log.read_text().count("once-start") == 1
@@ -101,10 +107,7 @@ def test_killed_during_a_non_idempotent_step_waits_for_a_person(tmp: Path) -> No
 def test_killed_during_an_idempotent_step_re_runs_it(tmp: Path) -> None:
     (tmp / "runbook.yml").write_text(RUNBOOK.format(sleep=0, sleep2=3))
     log = tmp / "work" / "log.txt"
-    proc = _runner(tmp)
-    _wait_for(log, "again-start", proc)
-    _kill(proc)
-    state = _finish(_runner(tmp))
+    state = _killed_at(tmp, "again-start")
     assert state["status"] == "completed"
     text = log.read_text()
     assert text.count("first") == 1 and text.count("once-start") == 1
@@ -150,10 +153,7 @@ def test_killed_during_the_compensation_resumes_it(tmp: Path, idempotent: bool) 
     (tmp / "runbook.yml").write_text(COMPENSATION_RUNBOOK.replace("{idempotent}", str(idempotent).lower()))
     log = tmp / "work" / "log.txt"
     assert _finish(_runner(tmp)) == {"status": "waiting", "waiting": "choice", "step": "pick"}
-    proc = _runner(tmp, "--abort", "wrong deployment")
-    _wait_for(log, "undo-start", proc)
-    _kill(proc)  # the bot dies in the middle of the compensation
-    state = _finish(_runner(tmp))
+    state = _killed_at(tmp, "undo-start", "--abort", "wrong deployment")  # the bot dies in the compensation
     if idempotent:
         # The compensation resumes by itself: the interrupted undo runs again, then the rest.
         assert state == {"status": "aborted", "waiting": None, "step": None}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,48 +13,38 @@ from bot.core.engine import AnswerRefused, Engine, Target
 from bot.core.lifecycle import Status, StepStatus
 from bot.core.runbook import Runbook, parse_runbook
 from bot.core.targets import TargetSettings
-from bot.state.store import Store, TargetBusy
+from bot.state.store import Incident, Store, TargetBusy
+from tests.runbooks import gated
 
-RUNBOOK = textwrap.dedent("""\
-    name: t
-    phases:
-      - id: gate
-        title: Gate
-        steps:
-          - id: approval
-            title: Approval
-            kind: approval
-      - id: work
-        title: Work
-        steps:
-          - id: pick
-            title: Pick
-            kind: choice
-            prompt: Which?
-            options:
-              - {value: "A", label: "A"}
-              - {value: "B", label: "B"}
-          - id: only_a
-            title: Only for A
-            kind: command
-            idempotent: true
-            when: "choices.pick == 'A'"
-            run: "echo A >> log.txt"
-          - id: write
-            title: Write
-            kind: command
-            idempotent: false
-            run: "echo {{ incident.reason }} >> log.txt; echo 'path=/x y' "
-            captures:
-              path: {regex: "path=(.*)"}
-          - id: flaky
-            title: Flaky
-            kind: command
-            idempotent: true
-            run: "test -f ok.flag"
-          - id: manual
-            title: Confirm
-            kind: manual
+RUNBOOK = gated("t", """\
+    - id: pick
+      title: Pick
+      kind: choice
+      prompt: Which?
+      options:
+        - {value: "A", label: "A"}
+        - {value: "B", label: "B"}
+    - id: only_a
+      title: Only for A
+      kind: command
+      idempotent: true
+      when: "choices.pick == 'A'"
+      run: "echo A >> log.txt"
+    - id: write
+      title: Write
+      kind: command
+      idempotent: false
+      run: "echo {{ incident.reason }} >> log.txt; echo 'path=/x y' "
+      captures:
+        path: {regex: "path=(.*)"}
+    - id: flaky
+      title: Flaky
+      kind: command
+      idempotent: true
+      run: "test -f ok.flag"
+    - id: manual
+      title: Confirm
+      kind: manual
     """)
 
 
@@ -81,9 +70,13 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     await store.close()
 
 
-async def _approve(env: Env, iid: str) -> None:
-    await env.engine.approve(iid, user_id="U1", roles=["tech_lead"], decision="approve")
-    await env.engine.approve(iid, user_id="U2", roles=["product_owner"], decision="approve")
+async def _approved(env: Env, **fields: str) -> Incident:
+    """A new incident on t1 requested by U9, approved by both approvers and run up to the choice."""
+    inc = await env.store.create_incident(target="t1", runbook="t", requester="U9", **fields)
+    await env.engine.run(inc.id)
+    await env.engine.approve(inc.id, user_id="U1", roles=["tech_lead"], decision="approve")
+    await env.engine.approve(inc.id, user_id="U2", roles=["product_owner"], decision="approve")
+    return await env.engine.run(inc.id)
 
 
 async def test_whole_run_with_choices_failure_retry_and_quoting(env: Env) -> None:
@@ -149,10 +142,7 @@ async def test_rejection_ends_the_incident(env: Env) -> None:
 
 
 async def test_crash_mid_step_reruns_idempotent_and_asks_for_others(env: Env) -> None:
-    inc = await env.store.create_incident(target="t1", runbook="t", requester="U9", reason="r")
-    await env.engine.run(inc.id)
-    await _approve(env, inc.id)
-    await env.engine.run(inc.id)
+    inc = await _approved(env, reason="r")
     await env.engine.answer(inc.id, "pick", "A", user="U1")
     # A bot that died while steps ran leaves their committed starts behind.
     await env.store.begin_step(inc.id, "only_a", "work")
@@ -175,10 +165,7 @@ async def test_crash_mid_step_reruns_idempotent_and_asks_for_others(env: Env) ->
 
 
 async def test_crash_then_rerun_runs_once_more(env: Env) -> None:
-    inc = await env.store.create_incident(target="t1", runbook="t", requester="U9", reason="r")
-    await env.engine.run(inc.id)
-    await _approve(env, inc.id)
-    await env.engine.run(inc.id)
+    inc = await _approved(env, reason="r")
     await env.engine.answer(inc.id, "pick", "B", user="U1")
     await env.store.begin_step(inc.id, "write", "work")
     await env.engine.run(inc.id)
@@ -190,10 +177,7 @@ async def test_crash_then_rerun_runs_once_more(env: Env) -> None:
 
 
 async def test_abort_stops_before_next_step(env: Env) -> None:
-    inc = await env.store.create_incident(target="t1", runbook="t", requester="U9")
-    await env.engine.run(inc.id)
-    await _approve(env, inc.id)
-    await env.engine.run(inc.id)
+    inc = await _approved(env)
     inc = await env.engine.request_abort(inc.id, user="U1", reason="stop it")
     assert inc.status is Status.ABORTED
     with pytest.raises(AnswerRefused):

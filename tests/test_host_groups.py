@@ -16,7 +16,7 @@ from bot.core.lifecycle import Status, StepStatus
 from bot.core.runbook import parse_runbook
 from bot.core.targets import TargetSettings, open_transports
 from bot.drill.sshd import SshdTarget
-from bot.state.store import Store
+from bot.state.store import Incident, Store
 from tests.sshd import make_ssh_transport
 
 RUNBOOK = textwrap.dedent("""\
@@ -87,6 +87,15 @@ async def _engine(tmp_path: Path, target: Target) -> tuple[Store, Engine]:
     return store, engine
 
 
+async def _failed_deploy(store: Store, engine: Engine) -> tuple[Incident, str]:
+    """A new incident on the group, run until the deploy fails on some host: the incident and the error shown."""
+    inc = await store.create_incident(target="web", runbook="g")
+    inc = await engine.run(inc.id)
+    w = await engine.waiting_for(inc.id)
+    assert w is not None and w.kind == "failure" and w.error is not None
+    return inc, w.error
+
+
 async def test_local_group_fails_on_some_hosts_and_retry_reruns_only_those(tmp_path: Path) -> None:
     names = ["h1", "h2", "h3", "h4"]
     for n in names:
@@ -99,11 +108,8 @@ async def test_local_group_fails_on_some_hosts_and_retry_reruns_only_those(tmp_p
     target.transport = target.hosts["h1"]
     store, engine = await _engine(tmp_path, target)
     try:
-        inc = await store.create_incident(target="web", runbook="g")
-        inc = await engine.run(inc.id)
-        w = await engine.waiting_for(inc.id)
-        assert w is not None and w.kind == "failure" and w.error is not None
-        assert "failed on 2 of 4 hosts: h2 (exit 3), h4 (exit 3)" in w.error
+        inc, error = await _failed_deploy(store, engine)
+        assert "failed on 2 of 4 hosts: h2 (exit 3), h4 (exit 3)" in error
         run = (await store.latest_runs(inc.id))["deploy"]
         assert run.status is StepStatus.FAILED
         assert run.captures["failed_hosts"] == ["h2", "h4"]
@@ -149,11 +155,8 @@ async def test_ssh_group_of_connections_to_one_sshd(sshd_target: SshdTarget, tmp
     target = Target(settings, hosts["s0"], hosts)
     store, engine = await _engine(tmp_path, target)
     try:
-        inc = await store.create_incident(target="web", runbook="g")
-        inc = await engine.run(inc.id)
-        w = await engine.waiting_for(inc.id)
-        assert w is not None and w.kind == "failure" and w.error is not None
-        assert "failed on 1 of 5 hosts: s3 (ConnectError" in w.error
+        inc, error = await _failed_deploy(store, engine)
+        assert "failed on 1 of 5 hosts: s3 (ConnectError" in error
         run = (await store.latest_runs(inc.id))["deploy"]
         s3 = next(h for h in run.captures["hosts"] if h["host"] == "s3")
         assert s3["exit_status"] is None and s3["error"].startswith("ConnectError")

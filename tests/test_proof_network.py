@@ -27,6 +27,7 @@ from bot.core.lifecycle import Status, StepStatus
 from bot.core.runbook import load_runbook
 from bot.core.targets import TargetSettings, open_transport
 from bot.state.store import Store
+from tests.runbooks import runbook
 from tests.sshd import SshdTarget
 from tests.tcp_proxy import TcpProxy
 
@@ -137,20 +138,14 @@ async def test_link_cut_mid_step_fails_visibly_and_retry_runs_once_more(
 
 # ----------------------------------------------------------------------------- Slack unreachable
 
-SLACK_RUNBOOK = textwrap.dedent("""\
-    name: outage
-    phases:
-      - id: authorization
-        title: Authorization
-        steps:
-          - {id: approval, title: "Approval", kind: approval, policy: default}
-      - id: work
-        title: "Phase 3: Work"
-        steps:
-          - {id: one, title: "Step one", kind: command, idempotent: true, run: "echo one >> work.log"}
-          - {id: pause, title: "Five minutes of work", kind: wait, seconds: 300}
-          - {id: two, title: "Step two", kind: command, idempotent: true, run: "echo two >> work.log; seq 1 3000"}
-          - {id: three, title: "Step three", kind: command, idempotent: true, run: "echo three >> work.log"}
+SLACK_RUNBOOK = runbook("outage", """\
+    - id: work
+      title: "Phase 3: Work"
+      steps:
+        - {id: one, title: "Step one", kind: command, idempotent: true, run: "echo one >> work.log"}
+        - {id: pause, title: "Five minutes of work", kind: wait, seconds: 300}
+        - {id: two, title: "Step two", kind: command, idempotent: true, run: "echo two >> work.log; seq 1 3000"}
+        - {id: three, title: "Step three", kind: command, idempotent: true, run: "echo three >> work.log"}
     """)
 
 

@@ -91,10 +91,9 @@ async def test_no_secret_in_any_trace_of_a_whole_incident(
                       ("SLACK_SIGNING_SECRET", "signing secret"), ("GITHUB_TOKEN", "github token")):
         monkeypatch.setenv(env, secrets[name])
     sandbox = await asyncio.to_thread(build_sandbox, tmp_path / "target")
+    answers = default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1")
     github = await GitHubFake(token=secrets["github token"]).start()
-    for tag, at in (("phase-2.3.0", "2025-05-01T00:00:00Z"), ("phase-2.4.1", "2025-06-01T00:00:00Z"),
-                    ("phase-3.0.0", "2025-07-30T00:00:00Z")):
-        github.add_release(tag, at)
+    github.add_sandbox_releases()
     fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC)}, usergroups={"S0PRODUCT": [PO]},
                      bot_token=secrets["bot token"], app_token=secrets["app token"],
                      signing_secret=secrets["signing secret"])
@@ -125,9 +124,8 @@ async def test_no_secret_in_any_trace_of_a_whole_incident(
     slack_secrets.slack_api_url = fake.base_url
     services = await build_services(config, make_client(slack_secrets))
     try:
-        inc = await play_through_bolt(
-            fake=fake, services=services, secrets=slack_secrets, channel=CH, target="sandbox", cast=CAST,
-            answers=default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1"))
+        inc = await play_through_bolt(fake=fake, services=services, secrets=slack_secrets, channel=CH,
+                                      target="sandbox", cast=CAST, answers=answers)
         assert inc.status is Status.COMPLETED, inc.status
         # The smoke test's output was kept, redacted.
         smoke = (await services.store.latest_runs(inc.id))["smoke_test"]

@@ -159,10 +159,9 @@ CAST = Cast(requester=REQ, approvers=[LEAD, PO], answerer=IC)
 async def test_slack_incident_with_github_rollback_ends_with_the_record(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sandbox = await asyncio.to_thread(build_sandbox, tmp_path / "target")
+    answers = default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1")
     github = await GitHubFake(token="ghp_e2e").start()
-    for tag, at in (("phase-2.3.0", "2025-05-01T00:00:00Z"), ("phase-2.4.1", "2025-06-01T00:00:00Z"),
-                    ("phase-3.0.0", "2025-07-30T00:00:00Z")):
-        github.add_release(tag, at)
+    github.add_sandbox_releases()
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_e2e")
     fake = SlackFake(users={u: u.lower() for u in (REQ, LEAD, PO, IC)}, usergroups={"S0PRODUCT": [PO]})
     fake.add_channel(CH, "incident-response")
@@ -185,9 +184,8 @@ async def test_slack_incident_with_github_rollback_ends_with_the_record(
                            slack_api_url=fake.base_url)
     services = await build_services(config, make_client(secrets))
     try:
-        inc = await play_through_bolt(
-            fake=fake, services=services, secrets=secrets, channel=CH, target="sandbox", cast=CAST,
-            answers=default_answers(strategy="C", backup=sandbox.backup_path.name, release="phase-2.4.1"))
+        inc = await play_through_bolt(fake=fake, services=services, secrets=secrets, channel=CH,
+                                      target="sandbox", cast=CAST, answers=answers)
         assert inc.status is Status.COMPLETED, inc.status
         t = services.targets["sandbox"]
         verdict = await check_verdict(store=services.store, incident=inc, transport=t.transport,

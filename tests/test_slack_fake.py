@@ -51,6 +51,19 @@ def make_app(fake: SlackFake, **kwargs: Any) -> AsyncApp:
     )
 
 
+def _retry_numbers(app: AsyncApp) -> list[str | None]:
+    """Acks ``/rollback`` on ``app`` and notes each request's ``X-Slack-Retry-Num`` (None on a first
+    delivery), in order, in the list it returns."""
+    retries: list[str | None] = []
+
+    @app.command("/rollback")
+    async def rollback(ack: Any, request: Any) -> None:
+        await ack()
+        retries.append(request.headers.get("x-slack-retry-num", [None])[0])
+
+    return retries
+
+
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     """Poll until ``predicate()`` is true (listeners run as background tasks after the ack)."""
     deadline = time.monotonic() + timeout
@@ -402,13 +415,7 @@ async def test_forged_and_stale_requests_are_rejected(fake: SlackFake) -> None:
 
 async def test_retries_and_replays_reach_the_app(fake: SlackFake) -> None:
     app = make_app(fake)
-    retries: list[str | None] = []
-
-    @app.command("/rollback")
-    async def rollback(ack: Any, request: Any) -> None:
-        await ack()
-        retries.append(request.headers.get("x-slack-retry-num", [None])[0])
-
+    retries = _retry_numbers(app)
     driver = SlackDriver(fake, bolt_sender(app))
     first = await driver.slash_command("start db1 x")
     assert (await driver.slash_command("start db1 x", retry_num=1)).status == 200
@@ -721,13 +728,7 @@ async def test_response_url_takes_five_posts(fake: SlackFake) -> None:
 
 async def test_socket_mode_retry_headers_reach_bolt(fake: SlackFake) -> None:
     app = make_app(fake)
-    retries: list[str | None] = []
-
-    @app.command("/rollback")
-    async def rollback(ack: Any, request: Any) -> None:
-        await ack()
-        retries.append(request.headers.get("x-slack-retry-num", [None])[0])
-
+    retries = _retry_numbers(app)
     handler = AsyncSocketModeHandler(app, app_token=fake.app_token)
     await handler.connect_async()
     try:

@@ -7,30 +7,24 @@ through ``apps.connections.open``; envelopes come over the websocket as Slack se
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 from bot.core.config import Settings, SlackSecrets, parse_config
 from handlers.app import serve
+from tests.runbooks import runbook
 from tests.slack_driver import SlackDriver, socket_sender
 from tests.slack_fake import SlackFake
 
 CH = "C0INCIDENT1"
 REQ, LEAD, IC = "U0REQUESTER", "U0LEAD", "U0COMMANDER"
 
-RUNBOOK = textwrap.dedent("""\
-    name: socket
-    phases:
-      - id: authorization
-        title: Authorization
-        steps:
-          - {id: approval, title: "Approval", kind: approval, policy: default}
-      - id: work
-        title: Work
-        steps:
-          - {id: note, title: "Write a note", kind: command, idempotent: true, run: "echo done > note.txt"}
-          - {id: confirm, title: "Confirm", kind: manual}
+RUNBOOK = runbook("socket", """\
+    - id: work
+      title: Work
+      steps:
+        - {id: note, title: "Write a note", kind: command, idempotent: true, run: "echo done > note.txt"}
+        - {id: confirm, title: "Confirm", kind: manual}
     """)
 
 

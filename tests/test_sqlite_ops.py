@@ -168,6 +168,21 @@ def ops(local_transport: LocalTransport) -> SqliteOps:
     return SqliteOps(local_transport, timeout=120)
 
 
+def production_db(folder: Path) -> Path:
+    """``production.db`` in ``folder``, built by ``build_db``."""
+    db = folder / "production.db"
+    build_db(db)
+    return db
+
+
+async def with_backup(ops: SqliteOps, folder: Path) -> tuple[Path, Path]:
+    """``production.db`` in ``folder`` and its backup by the agent, ``backup.db``."""
+    live = production_db(folder)
+    backup = folder / "backup.db"
+    await ops.backup(str(live), str(backup))
+    return live, backup
+
+
 # ---------------------------------------------------------------------------- command building
 
 
@@ -222,8 +237,7 @@ def test_parse_result_reports_missing_or_failed_answers() -> None:
 
 
 async def test_checks_counts_and_bad_table_names(ops: SqliteOps, tmp_path: Path) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     assert await ops.integrity_check(str(db)) == {"ok": True, "messages": ["ok"]}
     assert (await ops.integrity_check(str(db), quick=True))["ok"]
     assert await ops.foreign_key_check(str(db)) == {"ok": True, "violations": [], "count": 0}
@@ -254,9 +268,7 @@ async def test_checks_counts_and_bad_table_names(ops: SqliteOps, tmp_path: Path)
     assert not (tmp_path / "missing.db").exists()  # never creates a database
 
 
-async def test_unknown_params_and_ops_are_refused(
-    local_transport: LocalTransport, tmp_path: Path
-) -> None:
+async def test_unknown_params_and_ops_are_refused(local_transport: LocalTransport, tmp_path: Path) -> None:
     db = tmp_path / "p.db"
     build_db(db)
     with pytest.raises(SqliteAgentError) as excinfo:
@@ -308,9 +320,7 @@ async def test_query_binds_params_and_stays_read_only(ops: SqliteOps, tmp_path: 
 # ---------------------------------------------------------------------------- content hash
 
 
-async def test_content_hash_is_typed_and_layout_independent(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
+async def test_content_hash_is_typed_and_layout_independent(ops: SqliteOps, tmp_path: Path) -> None:
     hashes = set()
     for value in (1, "1", 1.0, None, b"1", 2, "1 ", 1.0000000000000002):
         db = tmp_path / f"v{len(hashes)}.db"
@@ -367,9 +377,7 @@ async def test_content_hash_reads_text_that_is_not_utf8(ops: SqliteOps, tmp_path
 # ---------------------------------------------------------------------------- backup, verify
 
 
-async def test_backup_finishes_under_a_busy_writer_and_is_consistent(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
+async def test_backup_finishes_under_a_busy_writer_and_is_consistent(ops: SqliteOps, tmp_path: Path) -> None:
     db = tmp_path / "live.db"
     with opened(db) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -569,9 +577,7 @@ async def test_restore_over_a_wrecked_or_missing_live_db_from_a_backup_with_a_wa
     assert (await ops.verify(str(live)))["content_hash"] == wanted
 
 
-async def test_restore_refuses_a_bad_backup_and_leaves_the_live_db_alone(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
+async def test_restore_refuses_a_bad_backup_and_leaves_the_live_db_alone(ops: SqliteOps, tmp_path: Path) -> None:
     folder = tmp_path / "databases"
     live = folder / "production.db"
     build_db(live, pad=3000)
@@ -604,13 +610,8 @@ async def test_restore_refuses_a_bad_backup_and_leaves_the_live_db_alone(
     assert (await ops.content_hash(str(live)))["total"] == live_hash
 
 
-async def test_restore_refuses_while_another_process_holds_the_db(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
-    live = tmp_path / "production.db"
-    build_db(live)
-    backup = tmp_path / "backup.db"
-    await ops.backup(str(live), str(backup))
+async def test_restore_refuses_while_another_process_holds_the_db(ops: SqliteOps, tmp_path: Path) -> None:
+    live, backup = await with_backup(ops, tmp_path)
     with opened(live) as conn:
         conn.execute("UPDATE projects SET status = 'broken'")
     reader = sqlite3.connect(live)
@@ -650,8 +651,7 @@ def test_release_check_sees_an_idle_wal_connection(tmp_path: Path) -> None:
 
 
 async def test_restrict_and_restore_access_round_trip(ops: SqliteOps, tmp_path: Path) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     snapshot = tmp_path / "access_snapshot.json"
     original = rows(db, "SELECT user_id, role, access_level FROM user_permissions ORDER BY id")
 
@@ -692,8 +692,7 @@ async def test_restrict_and_restore_access_round_trip(ops: SqliteOps, tmp_path: 
 
 
 async def test_access_ops_refuse_bad_names(ops: SqliteOps, tmp_path: Path) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     snapshot = str(tmp_path / "s.json")
     with pytest.raises(SqliteAgentError) as excinfo:
         await ops.restrict_access(str(db), snapshot, table='user_permissions"; DROP TABLE x; --')
@@ -717,10 +716,7 @@ async def test_access_ops_refuse_bad_names(ops: SqliteOps, tmp_path: Path) -> No
 
 
 async def test_selective_restore_by_keys(ops: SqliteOps, tmp_path: Path) -> None:
-    live = tmp_path / "production.db"
-    build_db(live)
-    backup = tmp_path / "backup.db"
-    await ops.backup(str(live), str(backup))
+    live, backup = await with_backup(ops, tmp_path)
     with opened(live) as conn:
         conn.execute("UPDATE projects SET status = 'broken' WHERE id IN (1, 3)")
         conn.execute("UPDATE projects SET id = 4 WHERE id = 2")  # keys 2 and 4 both differ
@@ -743,10 +739,7 @@ async def test_selective_restore_by_keys(ops: SqliteOps, tmp_path: Path) -> None
 
 
 async def test_selective_restore_refuses_new_fk_violations(ops: SqliteOps, tmp_path: Path) -> None:
-    live = tmp_path / "production.db"
-    build_db(live)
-    backup = tmp_path / "backup.db"
-    await ops.backup(str(live), str(backup))
+    live, backup = await with_backup(ops, tmp_path)
     with opened(live) as conn:
         conn.execute("INSERT INTO projects (id, name) VALUES (7, 'new')")
         conn.execute("INSERT INTO phases (project_id, name, position) VALUES (7, 'p', 1)")
@@ -761,13 +754,8 @@ async def test_selective_restore_refuses_new_fk_violations(ops: SqliteOps, tmp_p
     assert forced["new_fk_violations"] == 1
 
 
-async def test_diff_then_selective_restore_of_every_difference(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
-    live = tmp_path / "production.db"
-    build_db(live)
-    backup = tmp_path / "backup.db"
-    await ops.backup(str(live), str(backup))
+async def test_diff_then_selective_restore_of_every_difference(ops: SqliteOps, tmp_path: Path) -> None:
+    live, backup = await with_backup(ops, tmp_path)
     with opened(live) as conn:
         conn.execute("UPDATE step_progress SET status = 'failed' WHERE id IN (3, 4)")
         conn.execute("UPDATE step_progress SET notes = 5 WHERE id = 6")  # '5' vs 5 differ too
@@ -850,8 +838,7 @@ def _deploy(db: Path) -> int:
 
 
 async def test_transaction_rollback_undoes_newest_first(ops: SqliteOps, tmp_path: Path) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     with opened(db) as conn:
         conn.execute("UPDATE step_progress SET notes = ? WHERE id = 2", (b"\x00\xffblob",))
         conn.execute("UPDATE projects SET description = 1.5 WHERE id = 1")
@@ -876,11 +863,8 @@ async def test_transaction_rollback_undoes_newest_first(ops: SqliteOps, tmp_path
     assert again["undone"] == 0 and again["already_undone"] == 9 and not again["conflicts"]
 
 
-async def test_transaction_rollback_since_time_and_deployment(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+async def test_transaction_rollback_since_time_and_deployment(ops: SqliteOps, tmp_path: Path) -> None:
+    db = production_db(tmp_path)
     with opened(db) as conn:
         for when, deployment, status in (
             ("2025-07-30T11:00:00.000Z", "phase-2", "old"),
@@ -900,11 +884,8 @@ async def test_transaction_rollback_since_time_and_deployment(
         await ops.transaction_rollback(str(db), since_id=0, since_time="2025-01-01")
 
 
-async def test_transaction_rollback_stops_on_drift_and_bad_history(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+async def test_transaction_rollback_stops_on_drift_and_bad_history(ops: SqliteOps, tmp_path: Path) -> None:
+    db = production_db(tmp_path)
     since = _deploy(db)
     with opened(db) as conn:  # a change the history does not know about
         conn.execute("UPDATE projects SET status = 'hotfixed' WHERE id = 1")
@@ -943,11 +924,8 @@ def test_change_history_schema_has_the_columns_the_agent_reads(tmp_path: Path) -
 # ---------------------------------------------------------------------------- governance
 
 
-async def test_governance_insert_stores_hostile_text_verbatim(
-    ops: SqliteOps, tmp_path: Path
-) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+async def test_governance_insert_stores_hostile_text_verbatim(ops: SqliteOps, tmp_path: Path) -> None:
+    db = production_db(tmp_path)
     canary = tmp_path / "pwned"
     reason = hostile(canary)
     record = {
@@ -982,8 +960,7 @@ async def test_governance_insert_stores_hostile_text_verbatim(
 
 
 async def test_long_params_go_through_stdin(ops: SqliteOps, tmp_path: Path) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     long_text = (hostile(tmp_path / "pwned") + "\n") * 1200
     assert len(long_text) > MAX_COMMAND_BYTES
     got = await ops.governance_insert(
@@ -995,11 +972,8 @@ async def test_long_params_go_through_stdin(ops: SqliteOps, tmp_path: Path) -> N
     assert not (tmp_path / "pwned").exists()
 
 
-async def test_over_each_transport(
-    transport: LocalTransport | SSHTransport, tmp_path: Path
-) -> None:
-    db = tmp_path / "production.db"
-    build_db(db)
+async def test_over_each_transport(transport: LocalTransport | SSHTransport, tmp_path: Path) -> None:
+    db = production_db(tmp_path)
     ops = SqliteOps(transport, timeout=60, cwd=str(tmp_path))
     assert (await ops.integrity_check("production.db"))["ok"]
     reason = hostile(tmp_path / "pwned")
@@ -1030,8 +1004,7 @@ async def test_agent_runs_on_other_pythons_with_the_same_hashes(
     python = _python(version)
     if python is None:
         pytest.skip(f"no Python {version} on this machine")
-    db = tmp_path / "production.db"
-    build_db(db)
+    db = production_db(tmp_path)
     with opened(db) as conn:
         conn.execute("UPDATE step_progress SET notes = ? WHERE id = 2", (b"\x00\xff",))
         conn.execute("UPDATE projects SET description = 0.1 WHERE id = 1")

@@ -73,6 +73,14 @@ async def _to_series(env: ClockEnv) -> str:
     return inc.id
 
 
+async def _failed_series(env: ClockEnv, health: HealthServer) -> str:
+    """A series whose first check fails (the health endpoint answers 503); returns the incident's id."""
+    iid = await _to_series(env)
+    health.mode = "failing"
+    await env.tick()
+    return iid
+
+
 def _maintenance_log(env: ClockEnv) -> list[str]:
     p = env.workdir / "maintenance.log"
     return p.read_text().split() if p.exists() else []
@@ -122,9 +130,7 @@ async def test_a_failed_check_holds_the_next_phase_and_asks(env: ClockEnv, healt
 
 
 async def test_continue_anyway_goes_on_with_the_figures(env: ClockEnv, health: HealthServer) -> None:
-    iid = await _to_series(env)
-    health.mode = "failing"
-    await env.tick()
+    iid = await _failed_series(env, health)
     await env.engine.answer(iid, "stability_checks", "continue", user="U0COMMANDER")
     inc = await env.engine.run(iid)
     assert inc.status is Status.COMPLETED
@@ -135,9 +141,7 @@ async def test_continue_anyway_goes_on_with_the_figures(env: ClockEnv, health: H
 
 
 async def test_extend_monitoring_starts_a_new_series(env: ClockEnv, health: HealthServer) -> None:
-    iid = await _to_series(env)
-    health.mode = "failing"
-    await env.tick()
+    iid = await _failed_series(env, health)
     health.mode = "ok"
     await env.engine.answer(iid, "stability_checks", "extend", user="U0COMMANDER")
     await env.engine.run(iid)
@@ -152,9 +156,7 @@ async def test_extend_monitoring_starts_a_new_series(env: ClockEnv, health: Heal
 
 async def test_reenable_maintenance_runs_the_maintenance_step_and_keeps_the_hold(
         env: ClockEnv, health: HealthServer) -> None:
-    iid = await _to_series(env)
-    health.mode = "failing"
-    await env.tick()
+    iid = await _failed_series(env, health)
     await env.engine.answer(iid, "stability_checks", "maintenance", user="U0COMMANDER")
     inc = await env.engine.run(iid)
     assert inc.status is Status.WAITING
