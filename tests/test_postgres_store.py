@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -40,30 +41,31 @@ async def test_the_store_works_the_same_on_postgresql(pg_url: str) -> None:
         await store.close()
 
 
-async def test_two_replicas_creating_at_once_get_one_incident_per_target(pg_url: str) -> None:
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two replicas' stores on one PostgreSQL database, closed after the test."""
     a, b = await Store.open(pg_url), await Store.open(pg_url)
-    try:
-        results = await asyncio.gather(*(s.create_incident(target="db1", runbook="rb") for s in (a, b, a, b)),
-                                       return_exceptions=True)
-        made = [r for r in results if not isinstance(r, BaseException)]
-        busy = [r for r in results if isinstance(r, TargetBusy)]
-        print(f"concurrent starts: {len(made)} created, {len(busy)} refused as busy")
-        assert len(made) == 1 and len(busy) == 3
-    finally:
-        await a.close()
-        await b.close()
+    yield a, b
+    await a.close()
+    await b.close()
 
 
-async def test_a_slack_retry_reaching_another_replica_is_dropped(pg_url: str) -> None:
-    a, b = await Store.open(pg_url), await Store.open(pg_url)
-    try:
-        assert await a.first_time("act:U1:123.4")
-        assert not await b.first_time("act:U1:123.4")  # the retry, answered by another replica
-        await b.forget("act:U1:123.4")
-        assert await a.first_time("act:U1:123.4")
-    finally:
-        await a.close()
-        await b.close()
+async def test_two_replicas_creating_at_once_get_one_incident_per_target(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    results = await asyncio.gather(*(s.create_incident(target="db1", runbook="rb") for s in (a, b, a, b)),
+                                   return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    busy = [r for r in results if isinstance(r, TargetBusy)]
+    print(f"concurrent starts: {len(made)} created, {len(busy)} refused as busy")
+    assert len(made) == 1 and len(busy) == 3
+
+
+async def test_a_slack_retry_reaching_another_replica_is_dropped(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    assert await a.first_time("act:U1:123.4")
+    assert not await b.first_time("act:U1:123.4")  # the retry, answered by another replica
+    await b.forget("act:U1:123.4")
+    assert await a.first_time("act:U1:123.4")
 
 
 async def test_a_newer_schema_refuses_the_start_and_changes_nothing(pg_url: str) -> None:
@@ -111,77 +113,65 @@ async def test_the_password_comes_from_the_environment_never_the_url(
         await Store.open(pg_url)
 
 
-async def test_one_lease_holder_and_a_stale_runner_is_fenced_off(pg_url: str) -> None:
-    a_store, b_store = await Store.open(pg_url), await Store.open(pg_url)
+async def test_one_lease_holder_and_a_stale_runner_is_fenced_off(replicas: tuple[Store, Store]) -> None:
+    a_store, b_store = replicas
     a = Coordinator(a_store, ttl=1.0, poll=0.1, name="replica-a")
     b = Coordinator(b_store, ttl=1.0, poll=0.1, name="replica-b")
-    try:
-        inc = await a_store.create_incident(target="db1", runbook="rb")
-        lease = INCIDENT + inc.id
-        assert await a.acquire(lease) == 1
-        assert await b.acquire(lease) is None  # held and not expired
-        fence_a = a.fence(inc.id)
-        assert fence_a is not None
-        with fenced(fence_a):
-            run = await a_store.begin_step(inc.id, "s1", "p")
-            await a_store.check_lease(inc.id)
-        await asyncio.sleep(1.3)  # a stops renewing (paused) past its lease
-        assert await b.acquire(lease) == 2  # a standby takes over with a higher token
-        with fenced(fence_a), pytest.raises(LeaseLost):
-            await a_store.check_lease(inc.id)
-        with fenced(fence_a), pytest.raises(LeaseLost):
-            await a_store.end_step(run.id, StepStatus.DONE)  # the stale runner's write is refused
-        assert (await b_store.step_run(run.id)).status is StepStatus.RUNNING
-        fence_b = b.fence(inc.id)
-        assert fence_b is not None
-        with fenced(fence_b):
-            await b_store.end_step(run.id, StepStatus.INTERRUPTED)
-        # A click answered by a replica that runs nothing is not fenced.
-        await a_store.log(inc.id, "note", actor="U1")
-        await a.nudge(lease)
-        assert (await b._renew())[lease] == (2, 1)
-        await b.release(lease)
-        assert await a.acquire(lease) == 3
-    finally:
-        await a_store.close()
-        await b_store.close()
+    inc = await a_store.create_incident(target="db1", runbook="rb")
+    lease = INCIDENT + inc.id
+    assert await a.acquire(lease) == 1
+    assert await b.acquire(lease) is None  # held and not expired
+    fence_a = a.fence(inc.id)
+    assert fence_a is not None
+    with fenced(fence_a):
+        run = await a_store.begin_step(inc.id, "s1", "p")
+        await a_store.check_lease(inc.id)
+    await asyncio.sleep(1.3)  # a stops renewing (paused) past its lease
+    assert await b.acquire(lease) == 2  # a standby takes over with a higher token
+    with fenced(fence_a), pytest.raises(LeaseLost):
+        await a_store.check_lease(inc.id)
+    with fenced(fence_a), pytest.raises(LeaseLost):
+        await a_store.end_step(run.id, StepStatus.DONE)  # the stale runner's write is refused
+    assert (await b_store.step_run(run.id)).status is StepStatus.RUNNING
+    fence_b = b.fence(inc.id)
+    assert fence_b is not None
+    with fenced(fence_b):
+        await b_store.end_step(run.id, StepStatus.INTERRUPTED)
+    # A click answered by a replica that runs nothing is not fenced.
+    await a_store.log(inc.id, "note", actor="U1")
+    await a.nudge(lease)
+    assert (await b._renew())[lease] == (2, 1)
+    await b.release(lease)
+    assert await a.acquire(lease) == 3
 
 
-async def test_a_job_run_is_claimed_once_and_only_under_the_scheduler_lease(pg_url: str) -> None:
-    a_store, b_store = await Store.open(pg_url), await Store.open(pg_url)
+async def test_a_job_run_is_claimed_once_and_only_under_the_scheduler_lease(replicas: tuple[Store, Store]) -> None:
+    a_store, b_store = replicas
     a = Coordinator(a_store, ttl=1.0, name="replica-a")
     b = Coordinator(b_store, ttl=1.0, name="replica-b")
-    try:
-        assert not await a.claim("RB-1:stability@t1")  # no scheduler lease: no claim
-        assert await a.acquire(SCHEDULER) is not None
-        assert await a.claim("RB-1:stability@t1")
-        assert not await a.claim("RB-1:stability@t1")  # the same run again
-        await asyncio.sleep(1.3)
-        assert await b.acquire(SCHEDULER) is not None
-        assert not await a.claim("RB-1:stability@t2")  # a resumed ex-holder claims nothing
-        assert await b.claim("RB-1:stability@t2")
-    finally:
-        await a_store.close()
-        await b_store.close()
+    assert not await a.claim("RB-1:stability@t1")  # no scheduler lease: no claim
+    assert await a.acquire(SCHEDULER) is not None
+    assert await a.claim("RB-1:stability@t1")
+    assert not await a.claim("RB-1:stability@t1")  # the same run again
+    await asyncio.sleep(1.3)
+    assert await b.acquire(SCHEDULER) is not None
+    assert not await a.claim("RB-1:stability@t2")  # a resumed ex-holder claims nothing
+    assert await b.claim("RB-1:stability@t2")
 
 
-async def test_two_replicas_answering_one_question_at_once_the_first_wins(pg_url: str) -> None:
-    a, b = await Store.open(pg_url), await Store.open(pg_url)
-    try:
-        inc = await a.create_incident(target="db1", runbook="rb")
-        run = await a.begin_step(inc.id, "pick", "p", status=StepStatus.WAITING,
-                                 waiting={"kind": "choice", "options": []})
-        results = await asyncio.gather(
-            a.end_step(run.id, StepStatus.WAITING, actor="U1", answer={"value": "A", "user": "U1"}),
-            b.end_step(run.id, StepStatus.WAITING, actor="U2", answer={"value": "B", "user": "U2"}),
-            return_exceptions=True)
-        refused = [r for r in results if isinstance(r, AlreadyAnswered)]
-        assert len(refused) == 1
-        winner = (await a.step_run(run.id)).answer
-        assert winner is not None and winner["user"] in ("U1", "U2")
-    finally:
-        await a.close()
-        await b.close()
+async def test_two_replicas_answering_one_question_at_once_the_first_wins(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    inc = await a.create_incident(target="db1", runbook="rb")
+    run = await a.begin_step(inc.id, "pick", "p", status=StepStatus.WAITING,
+                             waiting={"kind": "choice", "options": []})
+    results = await asyncio.gather(
+        a.end_step(run.id, StepStatus.WAITING, actor="U1", answer={"value": "A", "user": "U1"}),
+        b.end_step(run.id, StepStatus.WAITING, actor="U2", answer={"value": "B", "user": "U2"}),
+        return_exceptions=True)
+    refused = [r for r in results if isinstance(r, AlreadyAnswered)]
+    assert len(refused) == 1
+    winner = (await a.step_run(run.id)).answer
+    assert winner is not None and winner["user"] in ("U1", "U2")
 
 
 async def test_serve_refuses_a_newer_schema_and_a_wrong_password_with_one_line(
