@@ -147,7 +147,9 @@ async def bench_scale(tmp: Path, n: int, rows: int, requests: int, pause: float)
                 "roles": {"tech_lead": {"users": [LEAD]}, "product_owner": {"users": [PO]},
                           "incident_commander": {"users": [IC]}},
                 "targets": targets, "state_db": str(tmp / "state.db"),
-                "artifacts_dir": str(tmp / "artifacts"), "time_scale": 0.01})
+                "artifacts_dir": str(tmp / "artifacts"), "time_scale": 0.01,
+                # Opening 50 incidents takes longer than an IMMEDIATE decision window at this scale.
+                "clock": {"p1_approval_minutes": 24 * 60}})
             services = await build_services(config, make_client(secrets))
             runner = None
             try:
