@@ -18,6 +18,19 @@ from tests.sshd import SshdTarget, SshdUnavailable, make_ssh_transport, start_ss
 PROOF_LINES: list[str] = []
 
 
+#: The longest files, longest first: with ``--dist loadfile`` the workers take files in collection
+#: order, so these start at once instead of ending the run on one worker.
+LONGEST_FIRST = ("test_proof_crash.py", "test_proof_crash_2.py", "test_proof_crash_3.py", "test_drill.py",
+                 "test_proof_guardrails.py", "test_slack_default_runbook.py", "test_records.py",
+                 "test_proof_abuse.py", "test_proof_secrets.py", "test_ha_replicas.py", "test_rehearsal_channel.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, each file's tests in their written order."""
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def proof_report() -> Callable[[str], None]:
     """Register one figure line (e.g. ``crash: 30/30``) for the end-of-session summary."""
