@@ -19,7 +19,8 @@ PROOF_LINES: list[str] = []
 
 
 #: The longest files, longest first: with ``--dist loadfile`` the workers take files in collection
-#: order, so these start at once instead of ending the run on one worker.
+#: order (``--no-loadscope-reorder`` in pyproject.toml: xdist would otherwise put the files with the
+#: most tests first), so these start at once instead of ending the run on one worker.
 LONGEST_FIRST = ("test_proof_crash.py", "test_proof_crash_2.py", "test_proof_crash_3.py", "test_drill.py",
                  "test_proof_guardrails.py", "test_slack_default_runbook.py", "test_records.py",
                  "test_proof_abuse.py", "test_proof_secrets.py", "test_ha_replicas.py", "test_rehearsal_channel.py")
