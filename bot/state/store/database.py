@@ -19,6 +19,9 @@ from bot.state.schema import FENCE, SchemaTooNew, check_fence, db_now, dedup, pr
 from bot.state.store.rows import aware, from_row, utcnow
 from bot.state.store.tables import journal, metadata
 
+#: How long a SQLite writer waits for the write lock before the statement fails.
+SQLITE_BUSY_MS = 60_000
+
 T = TypeVar("T")
 
 #: Where the state database's password comes from (never the config file), first found wins.
@@ -104,7 +107,10 @@ class Database:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=10000")
+                # Every incident's task writes through its own pooled connection: with dozens running on a
+                # busy machine, a transaction can hold the write lock across many turns of the event loop,
+                # so a writer waits for its turn (60 s) rather than failing mid-incident.
+                cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
         try:
